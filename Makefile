@@ -1,0 +1,54 @@
+# Gaffer: `make run` starts it on the embedded store, `make test` passes the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+BUF    := node_modules/.bin/buf
+PROTOS := $(wildcard protos/gaffer/v1/*.proto)
+GEN    := src/gaffer/v1
+
+.PHONY: run test lint proto proto-check install venv npm clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+venv: $(VENV)/.installed
+npm: node_modules/.installed
+install: venv npm proto
+
+# Generated code comes only from here; never edit src/gaffer/v1 by hand.
+proto: $(VENV)/.installed
+	rm -rf $(GEN)
+	mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=src --pyi_out=src --grpc_python_out=src $(PROTOS)
+	printf '"""Generated from protos/gaffer/v1 by `make proto`; do not edit."""\n' > $(GEN)/__init__.py
+
+# Fails when the committed generated code differs from what the protos give.
+proto-check: proto
+	git diff --exit-code --stat -- $(GEN)
+	test -z "$$(git status --porcelain -- $(GEN))"
+
+lint: install
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: install
+	$(BIN)/pytest -q
+
+run: install
+	$(BIN)/gaffer dev
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

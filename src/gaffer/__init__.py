@@ -1,0 +1,1 @@
+"""Gaffer: a job service with a gRPC contract."""
