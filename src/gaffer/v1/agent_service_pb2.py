@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgaffer/v1/agent_service.proto\x12\tgaffer.v1\x1a\x13gaffer/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x08\x43\x61pacity\x12\r\n\x05slots\x18\x01 \x01(\x05\x12\x0b\n\x03\x63pu\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0b\n\x03gpu\x18\x04 \x01(\x05\"-\n\nAttemptRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xef\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.gaffer.v1.Agent.LabelsEntry\x12%\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x13.gaffer.v1.Capacity\x12\x0e\n\x06queues\x18\x05 \x03(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.gaffer.v1.AgentState\x12&\n\x07running\x18\x07 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\x12\x37\n\x13last_heartbeat_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregister_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x14RegisterAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.gaffer.v1.RegisterAgentRequest.LabelsEntry\x12%\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x13.gaffer.v1.Capacity\x12\x0e\n\x06queues\x18\x04 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x05\x61gent\x18\x04 \x01(\x0b\x32\x10.gaffer.v1.Agent\"^\n\x0f\x43laimJobRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\x05\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x89\x01\n\rJobAssignment\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gaffer.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x10\x43laimJobResponse\x12-\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x18.gaffer.v1.JobAssignment\"u\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x07running\x18\x02 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\">\n\x0b\x43\x61ncelOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xa9\x01\n\x11HeartbeatResponse\x12&\n\x06\x63\x61ncel\x18\x01 \x03(\x0b\x32\x16.gaffer.v1.CancelOrder\x12#\n\x04lost\x18\x02 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"\x93\x01\n\x16UpdateJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06reject\x18\x06 \x01(\x08\"6\n\x17UpdateJobStatusResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gaffer.v1.Job\"k\n\x0fPushLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\"\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.gaffer.v1.LogChunk\"b\n\x10PushLogsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x13\n\x0bstdout_size\x18\x03 \x01(\x03\x12\x13\n\x0bstderr_size\x18\x04 \x01(\x03\"x\n\x0e\x41rtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"]\n\x15UploadArtifactRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.gaffer.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"?\n\x16UploadArtifactResponse\x12%\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x13.gaffer.v1.Artifact\"\xbc\x01\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rnot_retryable\x18\x07 \x01(\x08\x42\x0c\n\n_exit_code\"D\n\x13\x43ompleteJobResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x1b\n\x03job\x18\x02 \x01(\x0b\x32\x0e.gaffer.v1.Job\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.gaffer.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"5\n\x12\x44rainAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.gaffer.v1.Agent*t\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATE_ACTIVE\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x17\n\x13\x41GENT_STATE_OFFLINE\x10\x03\x32\xcd\x05\n\x0c\x41gentService\x12R\n\rRegisterAgent\x12\x1f.gaffer.v1.RegisterAgentRequest\x1a .gaffer.v1.RegisterAgentResponse\x12\x43\n\x08\x43laimJob\x12\x1a.gaffer.v1.ClaimJobRequest\x1a\x1b.gaffer.v1.ClaimJobResponse\x12\x46\n\tHeartbeat\x12\x1b.gaffer.v1.HeartbeatRequest\x1a\x1c.gaffer.v1.HeartbeatResponse\x12X\n\x0fUpdateJobStatus\x12!.gaffer.v1.UpdateJobStatusRequest\x1a\".gaffer.v1.UpdateJobStatusResponse\x12\x45\n\x08PushLogs\x12\x1a.gaffer.v1.PushLogsRequest\x1a\x1b.gaffer.v1.PushLogsResponse(\x01\x12W\n\x0eUploadArtifact\x12 .gaffer.v1.UploadArtifactRequest\x1a!.gaffer.v1.UploadArtifactResponse(\x01\x12L\n\x0b\x43ompleteJob\x12\x1d.gaffer.v1.CompleteJobRequest\x1a\x1e.gaffer.v1.CompleteJobResponse\x12I\n\nListAgents\x12\x1c.gaffer.v1.ListAgentsRequest\x1a\x1d.gaffer.v1.ListAgentsResponse\x12I\n\nDrainAgent\x12\x1c.gaffer.v1.DrainAgentRequest\x1a\x1d.gaffer.v1.DrainAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgaffer/v1/agent_service.proto\x12\tgaffer.v1\x1a\x13gaffer/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x08\x43\x61pacity\x12\r\n\x05slots\x18\x01 \x01(\x05\x12\x0b\n\x03\x63pu\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x0b\n\x03gpu\x18\x04 \x01(\x05\"-\n\nAttemptRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xef\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.gaffer.v1.Agent.LabelsEntry\x12%\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x13.gaffer.v1.Capacity\x12\x0e\n\x06queues\x18\x05 \x03(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.gaffer.v1.AgentState\x12&\n\x07running\x18\x07 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\x12\x37\n\x13last_heartbeat_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rregister_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x14RegisterAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.gaffer.v1.RegisterAgentRequest.LabelsEntry\x12%\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x13.gaffer.v1.Capacity\x12\x0e\n\x06queues\x18\x04 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\x15RegisterAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\tlease_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x05\x61gent\x18\x04 \x01(\x0b\x32\x10.gaffer.v1.Agent\"^\n\x0f\x43laimJobRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\x05\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x89\x01\n\rJobAssignment\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gaffer.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x10\x43laimJobResponse\x12-\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x18.gaffer.v1.JobAssignment\"\x9f\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x07running\x18\x02 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\tcanceling\x18\x04 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\">\n\x0b\x43\x61ncelOrder\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xa9\x01\n\x11HeartbeatResponse\x12&\n\x06\x63\x61ncel\x18\x01 \x03(\x0b\x32\x16.gaffer.v1.CancelOrder\x12#\n\x04lost\x18\x02 \x03(\x0b\x32\x15.gaffer.v1.AttemptRef\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"\x93\x01\n\x16UpdateJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06reject\x18\x06 \x01(\x08\"6\n\x17UpdateJobStatusResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gaffer.v1.Job\"k\n\x0fPushLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\"\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.gaffer.v1.LogChunk\"b\n\x10PushLogsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x13\n\x0bstdout_size\x18\x03 \x01(\x03\x12\x13\n\x0bstderr_size\x18\x04 \x01(\x03\"x\n\x0e\x41rtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"]\n\x15UploadArtifactRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.gaffer.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"?\n\x16UploadArtifactResponse\x12%\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x13.gaffer.v1.Artifact\"\xbc\x01\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rnot_retryable\x18\x07 \x01(\x08\x42\x0c\n\n_exit_code\"D\n\x13\x43ompleteJobResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x1b\n\x03job\x18\x02 \x01(\x0b\x32\x0e.gaffer.v1.Job\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x12ListAgentsResponse\x12 \n\x06\x61gents\x18\x01 \x03(\x0b\x32\x10.gaffer.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"5\n\x12\x44rainAgentResponse\x12\x1f\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x10.gaffer.v1.Agent*t\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATE_ACTIVE\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x17\n\x13\x41GENT_STATE_OFFLINE\x10\x03\x32\xcd\x05\n\x0c\x41gentService\x12R\n\rRegisterAgent\x12\x1f.gaffer.v1.RegisterAgentRequest\x1a .gaffer.v1.RegisterAgentResponse\x12\x43\n\x08\x43laimJob\x12\x1a.gaffer.v1.ClaimJobRequest\x1a\x1b.gaffer.v1.ClaimJobResponse\x12\x46\n\tHeartbeat\x12\x1b.gaffer.v1.HeartbeatRequest\x1a\x1c.gaffer.v1.HeartbeatResponse\x12X\n\x0fUpdateJobStatus\x12!.gaffer.v1.UpdateJobStatusRequest\x1a\".gaffer.v1.UpdateJobStatusResponse\x12\x45\n\x08PushLogs\x12\x1a.gaffer.v1.PushLogsRequest\x1a\x1b.gaffer.v1.PushLogsResponse(\x01\x12W\n\x0eUploadArtifact\x12 .gaffer.v1.UploadArtifactRequest\x1a!.gaffer.v1.UploadArtifactResponse(\x01\x12L\n\x0b\x43ompleteJob\x12\x1d.gaffer.v1.CompleteJobRequest\x1a\x1e.gaffer.v1.CompleteJobResponse\x12I\n\nListAgents\x12\x1c.gaffer.v1.ListAgentsRequest\x1a\x1d.gaffer.v1.ListAgentsResponse\x12I\n\nDrainAgent\x12\x1c.gaffer.v1.DrainAgentRequest\x1a\x1d.gaffer.v1.DrainAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERAGENTREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_REGISTERAGENTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=2853
-  _globals['_AGENTSTATE']._serialized_end=2969
+  _globals['_AGENTSTATE']._serialized_start=2896
+  _globals['_AGENTSTATE']._serialized_end=3012
   _globals['_CAPACITY']._serialized_start=130
   _globals['_CAPACITY']._serialized_end=203
   _globals['_ATTEMPTREF']._serialized_start=205
@@ -60,38 +60,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBASSIGNMENT']._serialized_end=1236
   _globals['_CLAIMJOBRESPONSE']._serialized_start=1238
   _globals['_CLAIMJOBRESPONSE']._serialized_end=1303
-  _globals['_HEARTBEATREQUEST']._serialized_start=1305
-  _globals['_HEARTBEATREQUEST']._serialized_end=1422
-  _globals['_CANCELORDER']._serialized_start=1424
-  _globals['_CANCELORDER']._serialized_end=1486
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1489
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1658
-  _globals['_UPDATEJOBSTATUSREQUEST']._serialized_start=1661
-  _globals['_UPDATEJOBSTATUSREQUEST']._serialized_end=1808
-  _globals['_UPDATEJOBSTATUSRESPONSE']._serialized_start=1810
-  _globals['_UPDATEJOBSTATUSRESPONSE']._serialized_end=1864
-  _globals['_PUSHLOGSREQUEST']._serialized_start=1866
-  _globals['_PUSHLOGSREQUEST']._serialized_end=1973
-  _globals['_PUSHLOGSRESPONSE']._serialized_start=1975
-  _globals['_PUSHLOGSRESPONSE']._serialized_end=2073
-  _globals['_ARTIFACTHEADER']._serialized_start=2075
-  _globals['_ARTIFACTHEADER']._serialized_end=2195
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=2197
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=2290
-  _globals['_UPLOADARTIFACTRESPONSE']._serialized_start=2292
-  _globals['_UPLOADARTIFACTRESPONSE']._serialized_end=2355
-  _globals['_COMPLETEJOBREQUEST']._serialized_start=2358
-  _globals['_COMPLETEJOBREQUEST']._serialized_end=2546
-  _globals['_COMPLETEJOBRESPONSE']._serialized_start=2548
-  _globals['_COMPLETEJOBRESPONSE']._serialized_end=2616
-  _globals['_LISTAGENTSREQUEST']._serialized_start=2618
-  _globals['_LISTAGENTSREQUEST']._serialized_end=2676
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=2678
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=2757
-  _globals['_DRAINAGENTREQUEST']._serialized_start=2759
-  _globals['_DRAINAGENTREQUEST']._serialized_end=2796
-  _globals['_DRAINAGENTRESPONSE']._serialized_start=2798
-  _globals['_DRAINAGENTRESPONSE']._serialized_end=2851
-  _globals['_AGENTSERVICE']._serialized_start=2972
-  _globals['_AGENTSERVICE']._serialized_end=3689
+  _globals['_HEARTBEATREQUEST']._serialized_start=1306
+  _globals['_HEARTBEATREQUEST']._serialized_end=1465
+  _globals['_CANCELORDER']._serialized_start=1467
+  _globals['_CANCELORDER']._serialized_end=1529
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1532
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1701
+  _globals['_UPDATEJOBSTATUSREQUEST']._serialized_start=1704
+  _globals['_UPDATEJOBSTATUSREQUEST']._serialized_end=1851
+  _globals['_UPDATEJOBSTATUSRESPONSE']._serialized_start=1853
+  _globals['_UPDATEJOBSTATUSRESPONSE']._serialized_end=1907
+  _globals['_PUSHLOGSREQUEST']._serialized_start=1909
+  _globals['_PUSHLOGSREQUEST']._serialized_end=2016
+  _globals['_PUSHLOGSRESPONSE']._serialized_start=2018
+  _globals['_PUSHLOGSRESPONSE']._serialized_end=2116
+  _globals['_ARTIFACTHEADER']._serialized_start=2118
+  _globals['_ARTIFACTHEADER']._serialized_end=2238
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=2240
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=2333
+  _globals['_UPLOADARTIFACTRESPONSE']._serialized_start=2335
+  _globals['_UPLOADARTIFACTRESPONSE']._serialized_end=2398
+  _globals['_COMPLETEJOBREQUEST']._serialized_start=2401
+  _globals['_COMPLETEJOBREQUEST']._serialized_end=2589
+  _globals['_COMPLETEJOBRESPONSE']._serialized_start=2591
+  _globals['_COMPLETEJOBRESPONSE']._serialized_end=2659
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2661
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2719
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2721
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2800
+  _globals['_DRAINAGENTREQUEST']._serialized_start=2802
+  _globals['_DRAINAGENTREQUEST']._serialized_end=2839
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=2841
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=2894
+  _globals['_AGENTSERVICE']._serialized_start=3015
+  _globals['_AGENTSERVICE']._serialized_end=3732
 # @@protoc_insertion_point(module_scope)

@@ -132,14 +132,16 @@ class ClaimJobResponse(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[JobAssignment, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id", "running", "wait")
+    __slots__ = ("agent_id", "running", "wait", "canceling")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    CANCELING_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
     wait: _duration_pb2.Duration
-    def __init__(self, agent_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    canceling: _containers.RepeatedCompositeFieldContainer[AttemptRef]
+    def __init__(self, agent_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., canceling: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
 
 class CancelOrder(_message.Message):
     __slots__ = ("job_id", "attempt", "reason")
