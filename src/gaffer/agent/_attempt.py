@@ -1,0 +1,256 @@
+"""One attempt from assignment to CompleteJob: validate, prepare, run, upload, report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+from pathlib import Path
+
+import grpc
+
+from gaffer.agent._artifacts import upload_artifacts
+from gaffer.agent._config import AgentConfig
+from gaffer.agent._errors import Fenced
+from gaffer.agent._logs import AttemptKey, LogShipper
+from gaffer.agent._retry import call_with_retry
+from gaffer.agent._runner import (
+    InputFile,
+    InvalidPathError,
+    Process,
+    RunResult,
+    RunSpec,
+    check_relative,
+    resolve_outputs,
+    write_inputs,
+)
+from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
+
+logger = logging.getLogger(__name__)
+
+# Why an attempt is being stopped early; "lost" and "fenced" attempts report nothing more.
+CANCELED = "canceled"
+SHUTDOWN = "agent shutting down"
+LOST = "lease lost"
+FENCED = "fenced"
+_SILENT = {LOST, FENCED}
+
+
+def spec_problem(spec: job_pb2.JobSpec) -> str | None:
+    """Why this agent cannot run ``spec``, or None when it can."""
+    if spec.WhichOneof("executor") != "exec":
+        return "this agent runs only exec jobs"
+    if not spec.exec.argv or not spec.exec.argv[0]:
+        return "exec.argv must not be empty"
+    try:
+        for item in spec.inputs:
+            check_relative(item.path)
+        for pattern in spec.outputs:
+            check_relative(pattern)
+    except InvalidPathError as error:
+        return str(error)
+    return None
+
+
+def outcome(result: RunResult, timeout: float | None) -> tuple[job_pb2.JobState, str]:
+    """The final state and message of an attempt whose process ran."""
+    if result.killed_by is not None:
+        return job_pb2.JOB_STATE_FAILED, result.killed_by
+    if result.timed_out:
+        return job_pb2.JOB_STATE_FAILED, f"timeout after {timeout:g}s"
+    if result.exit_code == 0:
+        return job_pb2.JOB_STATE_COMPLETED, "exit code 0"
+    if result.signal is not None:
+        name = signal.Signals(result.signal).name
+        return job_pb2.JOB_STATE_FAILED, f"killed by {name} (exit code {result.exit_code})"
+    return job_pb2.JOB_STATE_FAILED, f"exit code {result.exit_code}"
+
+
+class Attempt:
+    """Runs one assignment; the agent's heartbeat loop may cancel, lose or stop it meanwhile."""
+
+    def __init__(
+        self,
+        stub: agent_service_pb2_grpc.AgentServiceStub,
+        config: AgentConfig,
+        assignment: agent_service_pb2.JobAssignment,
+        work_root: Path,
+    ) -> None:
+        self._stub = stub
+        self._config = config
+        self._job = assignment.job
+        self.key = AttemptKey(assignment.job.id, assignment.attempt, assignment.lease_token)
+        self._workdir = work_root / f"{self.key.job_id}-{self.key.attempt}"
+        self._stop_reason: str | None = None
+        self._process: Process | None = None
+        self._shipper: LogShipper | None = None
+        self._kills: set[asyncio.Task[None]] = set()
+
+    def cancel(self, reason: str = "") -> None:
+        """The server asked for a cancel: kill quickly, then report."""
+        logger.info("attempt %s/%s: cancel (%s)", self.key.job_id, self.key.attempt, reason)
+        self._stop(CANCELED, self._config.cancel_grace)
+
+    def lose(self) -> None:
+        """The lease is gone: kill at once and report nothing more."""
+        logger.info("attempt %s/%s: lease lost", self.key.job_id, self.key.attempt)
+        self._stop(LOST, 0.0)
+        if self._shipper is not None:
+            self._shipper.abort()
+
+    def shut_down(self) -> None:
+        """The agent is stopping and the grace is over: kill, then report FAILED."""
+        self._stop(SHUTDOWN, self._config.cancel_grace)
+
+    def _stop(self, reason: str, grace: float) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if self._process is not None:
+            task = asyncio.create_task(self._process.kill(grace, self._stop_reason))
+            self._kills.add(task)
+            task.add_done_callback(self._kills.discard)
+
+    async def run(self) -> None:
+        """Carries the attempt through to its end; never raises except on cancellation."""
+        try:
+            await self._run()
+        except Fenced as error:
+            logger.info("attempt %s/%s: no longer ours (%s)", *self._ids(), error)
+        except grpc.RpcError as error:
+            logger.error("attempt %s/%s: server error %s", *self._ids(), error)
+        except Exception:
+            logger.exception("attempt %s/%s: agent error", *self._ids())
+        finally:
+            await self._clean_up()
+
+    async def _run(self) -> None:
+        spec = self._job.spec
+        await self._update(job_pb2.JOB_STATE_VALIDATING)
+        problem = spec_problem(spec)
+        if problem is not None:
+            logger.info("attempt %s/%s: rejected: %s", *self._ids(), problem)
+            await self._update(job_pb2.JOB_STATE_VALIDATING, problem, reject=True)
+            return
+        try:
+            await asyncio.to_thread(self._prepare, spec)
+        except (OSError, InvalidPathError) as error:
+            await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {error}")
+            return
+        if await self._stopped_before_start():
+            return
+        await self._update(job_pb2.JOB_STATE_RUNNING)
+        timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
+        result = await self._execute(spec, timeout or None)
+        if result is None or self._stop_reason in _SILENT:
+            return
+        if spec.outputs and self._stop_reason is None:
+            await self._update(job_pb2.JOB_STATE_UPLOADING)
+            names = resolve_outputs(self._workdir, spec.outputs)
+            await upload_artifacts(
+                self._stub, self.key, self._workdir, names, rpc_timeout=self._config.rpc_timeout
+            )
+        state, message = outcome(result, timeout)
+        await self._complete(state, message, result.exit_code)
+
+    def _prepare(self, spec: job_pb2.JobSpec) -> None:
+        if self._workdir.exists():
+            shutil.rmtree(self._workdir)
+        self._workdir.mkdir(parents=True)
+        write_inputs(self._workdir, (InputFile(i.path, i.content, i.mode) for i in spec.inputs))
+
+    async def _stopped_before_start(self) -> bool:
+        if self._stop_reason is None:
+            return False
+        if self._stop_reason not in _SILENT:
+            await self._complete(job_pb2.JOB_STATE_FAILED, self._stop_reason)
+        return True
+
+    async def _execute(self, spec: job_pb2.JobSpec, limit: float | None) -> RunResult | None:
+        """Runs the process with its logs shipped; None if it could not start."""
+        shipper = LogShipper(
+            self.key, lambda: self._stub.PushLogs(), on_fenced=lambda: self._stop(FENCED, 0.0)
+        )
+        self._shipper = shipper
+        env = {
+            **self._config.base_env,
+            "HOME": str(self._workdir),
+            "GAFFER_JOB_ID": self.key.job_id,
+            "GAFFER_ATTEMPT": str(self.key.attempt),
+            **spec.exec.env,
+        }
+        run = RunSpec(
+            argv=tuple(spec.exec.argv),
+            env=env,
+            stdin=spec.exec.stdin,
+            timeout=limit,
+            kill_grace=self._config.kill_grace,
+        )
+        try:
+            self._process = await Process.start(run, self._workdir, shipper.write)
+        except OSError as error:
+            await shipper.close()
+            message = f"cannot start {spec.exec.argv[0]!r}: {error.strerror or error}"
+            await self._complete(job_pb2.JOB_STATE_FAILED, message)
+            return None
+        logger.info("attempt %s/%s: running pid %s", *self._ids(), self._process.pid)
+        if self._stop_reason is not None:  # stopped while the process was starting
+            self._stop(self._stop_reason, 0.0)
+        result = await self._process.wait()
+        if self._stop_reason not in _SILENT:
+            await shipper.close()
+        return result
+
+    async def _update(
+        self, state: job_pb2.JobState, message: str = "", *, reject: bool = False
+    ) -> None:
+        request = agent_service_pb2.UpdateJobStatusRequest(
+            job_id=self.key.job_id,
+            attempt=self.key.attempt,
+            lease_token=self.key.lease_token,
+            state=state,
+            message=message,
+            reject=reject,
+        )
+        timeout = self._config.rpc_timeout
+        await call_with_retry(
+            lambda: self._stub.UpdateJobStatus(request, timeout=timeout),
+            what=f"{self.key.job_id}/{self.key.attempt} {job_pb2.JobState.Name(state)}",
+        )
+
+    async def _complete(
+        self, state: job_pb2.JobState, message: str, exit_code: int | None = None
+    ) -> None:
+        request = agent_service_pb2.CompleteJobRequest(
+            job_id=self.key.job_id,
+            attempt=self.key.attempt,
+            lease_token=self.key.lease_token,
+            state=state,
+            message=message,
+            exit_code=exit_code,
+        )
+        timeout = self._config.rpc_timeout
+        response = await call_with_retry(
+            lambda: self._stub.CompleteJob(request, timeout=timeout),
+            what=f"{self.key.job_id}/{self.key.attempt} complete",
+        )
+        logger.info(
+            "attempt %s/%s: %s (%s)%s",
+            *self._ids(),
+            job_pb2.JobState.Name(state),
+            message,
+            "" if response.accepted else ", not accepted",
+        )
+
+    async def _clean_up(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(self._process.kill(0.0, self._stop_reason or FENCED))
+        if self._shipper is not None and self._stop_reason in _SILENT:
+            self._shipper.abort()
+        if not self._config.keep_work_dirs:
+            await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+
+    def _ids(self) -> tuple[str, int]:
+        return self.key.job_id, self.key.attempt

@@ -1,0 +1,81 @@
+"""Retrying calls: backoff, and what a gRPC error means for the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from gaffer.agent._errors import Fenced
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Codes after which the same call may simply be tried again.
+TRANSIENT = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+)
+
+
+def code_of(error: BaseException) -> grpc.StatusCode | None:
+    """The status code of a gRPC error, or None for anything else."""
+    if isinstance(error, grpc.RpcError):
+        code = error.code()
+        return code if isinstance(code, grpc.StatusCode) else None
+    return None
+
+
+def is_fenced(error: BaseException) -> bool:
+    """FAILED_PRECONDITION (stale attempt) or NOT_FOUND (job unknown, e.g. a fresh store)."""
+    return code_of(error) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+
+
+class Backoff:
+    """Exponential backoff with full jitter; ``reset()`` after a success."""
+
+    def __init__(self, initial: float = 0.1, maximum: float = 5.0, factor: float = 2.0) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self._factor = factor
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self._initial
+
+    def delay(self) -> float:
+        """The next delay (grows each call)."""
+        current = self._next
+        self._next = min(self._maximum, self._next * self._factor)
+        return random.uniform(current / 2, current)
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay())
+
+
+async def call_with_retry(
+    call: Callable[[], Awaitable[T]], *, what: str, give_up_after: float = 120.0
+) -> T:
+    """Runs a unary write until it succeeds, retrying transient errors with backoff.
+
+    Raises:
+        Fenced: the server says the attempt is no longer ours (FAILED_PRECONDITION, NOT_FOUND).
+        grpc.RpcError: any other error, or a transient one lasting over ``give_up_after`` s.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    backoff = Backoff()
+    while True:
+        try:
+            return await call()
+        except grpc.RpcError as error:
+            if is_fenced(error):
+                raise Fenced(f"{what}: {error.details()}") from error
+            if code_of(error) not in TRANSIENT or loop.time() > deadline:
+                raise
+            logger.info("%s failed (%s); retrying", what, code_of(error))
+        await backoff.sleep()
