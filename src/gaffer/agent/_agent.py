@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 #: Extra time a long poll's deadline allows beyond its wait.
 _POLL_SLACK = 5.0
 _DEFAULT_HEARTBEAT = 5.0
+_MAX_UNKNOWN_CANCELS = 256
 
 OnRegistered = Callable[[str], object]
 
@@ -80,6 +81,7 @@ class _Agent:
         self._attempts: dict[tuple[str, int], Attempt] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
+        self._unknown_cancels: dict[tuple[str, int], None] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         temp_root = None
@@ -170,6 +172,15 @@ class _Agent:
                     for job_id, attempt in self._attempts
                 ],
                 wait=_duration(interval),
+                canceling=[
+                    agent_service_pb2.AttemptRef(job_id=job_id, attempt=attempt_no)
+                    for (job_id, attempt_no), attempt in self._attempts.items()
+                    if attempt.stopping
+                ]
+                + [
+                    agent_service_pb2.AttemptRef(job_id=job_id, attempt=attempt_no)
+                    for job_id, attempt_no in self._unknown_cancels
+                ],
             )
             try:
                 response = await self._stub.Heartbeat(request, timeout=interval + _POLL_SLACK)
@@ -185,9 +196,15 @@ class _Agent:
 
     def _on_heartbeat(self, response: agent_service_pb2.HeartbeatResponse) -> None:
         for order in response.cancel:
-            attempt = self._attempts.get((order.job_id, order.attempt))
+            key = (order.job_id, order.attempt)
+            attempt = self._attempts.get(key)
             if attempt is not None:
                 attempt.cancel(order.reason)
+            else:
+                # Already finished here: say so on every later call, or the server asks again.
+                self._unknown_cancels[key] = None
+                while len(self._unknown_cancels) > _MAX_UNKNOWN_CANCELS:
+                    del self._unknown_cancels[next(iter(self._unknown_cancels))]
         for ref in response.lost:
             attempt = self._attempts.get((ref.job_id, ref.attempt))
             if attempt is not None:

@@ -88,6 +88,11 @@ class Attempt:
         self._shipper: LogShipper | None = None
         self._kills: set[asyncio.Task[None]] = set()
 
+    @property
+    def stopping(self) -> bool:
+        """Being cancelled or stopped: the server need not order it again."""
+        return self._stop_reason is not None
+
     def cancel(self, reason: str = "") -> None:
         """The server asked for a cancel: kill quickly, then report."""
         logger.info("attempt %s/%s: cancel (%s)", self.key.job_id, self.key.attempt, reason)

@@ -165,10 +165,10 @@ class LogShipper:
                 self._room.set()
                 for chunk in batch:
                     await self._send(chunk)
+                    if self._unacked_bytes >= self._ack_bytes:
+                        await self._acknowledge()
                 if self._unacked and (
-                    self._closing
-                    or self._unacked_bytes >= self._ack_bytes
-                    or time.monotonic() - self._call_opened >= self._ack_interval
+                    self._closing or time.monotonic() - self._call_opened >= self._ack_interval
                 ):
                     await self._acknowledge()
                 if self._closing and not self._pending and not self._unacked:
