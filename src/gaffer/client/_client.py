@@ -85,7 +85,7 @@ class Client(ClientBase):
         cls,
         target: str,
         *,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the per-call gRPC deadline
+        timeout: float = 30.0,
         call_retry: CallRetry | None = None,
     ) -> Client:
         """Opens a client to the server at ``target``.
@@ -147,7 +147,7 @@ class Client(ClientBase):
         labels: Mapping[str, str] | None = None,
         queue: str | None = None,
         priority: int = 0,
-        timeout: Seconds | None = None,  # noqa: ASYNC109 - the job's own run bound
+        timeout: Seconds | None = None,
         retry: int | RetryPolicy | None = None,
         resources: Resources | None = None,
         node_selector: Mapping[str, str] | None = None,
@@ -338,7 +338,7 @@ class Client(ClientBase):
         self,
         job_id: str,
         *,
-        timeout: Seconds | None = None,  # noqa: ASYNC109 - a JobTimeoutError, not a cancel
+        timeout: Seconds | None = None,
     ) -> Job:
         """Waits for a job to finish.
 
@@ -379,6 +379,7 @@ class Client(ClientBase):
         exclude_labels: Mapping[str, str] | None = None,
         queue: str | None = None,
         keepalive_interval: Seconds | None = None,
+        stop_when_idle: bool = False,
     ) -> AsyncIterator[JobEvent]:
         """Events, history first then live; for one job the iteration ends after its last.
 
@@ -391,6 +392,8 @@ class Client(ClientBase):
             from_now: Skip history and start with new events.
             states, labels, exclude_labels, queue: With no ``job_id``: which jobs.
             keepalive_interval: How often the server sends keepalives on an idle stream.
+            stop_when_idle: End at the first keepalive: the history was sent and nothing
+                new happened for ``keepalive_interval`` (history only, not following).
 
         Returns:
             An async iterator of events.
@@ -416,6 +419,8 @@ class Client(ClientBase):
             try:
                 async for frame in call:
                     if frame.WhichOneof("frame") != "event":
+                        if stop_when_idle:
+                            return
                         continue
                     delays = self._call_retry.delays()
                     if cursor.accept(frame.event):

@@ -298,7 +298,7 @@ class JobHandle:
     async def wait(
         self,
         *,
-        timeout: Seconds | None = None,  # noqa: ASYNC109 - a JobTimeoutError, not a cancel
+        timeout: Seconds | None = None,
     ) -> Job:
         """Waits for the job to finish.
 

@@ -350,6 +350,7 @@ class SyncClient(ClientBase):
         exclude_labels: Mapping[str, str] | None = None,
         queue: str | None = None,
         keepalive_interval: Seconds | None = None,
+        stop_when_idle: bool = False,
     ) -> Iterator[JobEvent]:
         """Events, history first then live; for one job the iteration ends after its last.
 
@@ -362,6 +363,8 @@ class SyncClient(ClientBase):
             from_now: Skip history and start with new events.
             states, labels, exclude_labels, queue: With no ``job_id``: which jobs.
             keepalive_interval: How often the server sends keepalives on an idle stream.
+            stop_when_idle: End at the first keepalive: the history was sent and nothing
+                new happened for ``keepalive_interval`` (history only, not following).
 
         Returns:
             An iterator of events.
@@ -387,6 +390,8 @@ class SyncClient(ClientBase):
             try:
                 for frame in call:
                     if frame.WhichOneof("frame") != "event":
+                        if stop_when_idle:
+                            return
                         continue
                     delays = self._call_retry.delays()
                     if cursor.accept(frame.event):

@@ -1,0 +1,160 @@
+"""Commands that run Gaffer itself (server, agent, dev) and look at it (agents)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from gaffer.cli._args import key_value, pairs_to_dict, positive_int
+from gaffer.cli._format import agents_table, to_json
+from gaffer.client import Client
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Registers server, agent, dev and agents."""
+    p = sub.add_parser("server", help="run the server on the embedded store")
+    _server_options(p)
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback address")
+    p.set_defaults(main=server)
+
+    p = sub.add_parser("agent", parents=[common], help="run an agent that claims and runs jobs")
+    p.add_argument("--name", default=socket.gethostname(), help="default: the host name")
+    p.add_argument("--slots", type=positive_int, default=1, help="jobs at once (default 1)")
+    p.add_argument("--label", "-l", type=key_value, action="append", metavar="K=V")
+    p.add_argument("--queue", "-q", action="append", metavar="Q", help="default: default")
+    p.add_argument("--work-dir", type=Path, metavar="DIR", help="default: a temp dir")
+    p.set_defaults(main=agent)
+
+    p = sub.add_parser("dev", help="run a server and one local agent in one process")
+    _server_options(p)
+    p.add_argument("--slots", type=positive_int, default=4, help="agent slots (default 4)")
+    p.set_defaults(main=dev)
+
+    p = sub.add_parser("agents", parents=[common], help="list agents")
+    p.add_argument("--json", action="store_true", help="print the agents as JSON")
+    p.set_defaults(run=agents)
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    p.add_argument("--data-dir", type=Path, default=Path(".gaffer"), metavar="DIR")
+
+
+def _print_listening(address: str) -> None:
+    print(f"gaffer server listening on {address}", flush=True)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def server(args: argparse.Namespace) -> int:
+    """``gaffer server``: serves until SIGTERM or SIGINT."""
+    from gaffer.server import ServerConfig, run_server
+
+    config = ServerConfig(listen=args.listen, data_dir=args.data_dir, insecure=args.insecure)
+    asyncio.run(run_server(config, on_ready=_print_listening))
+    return 0
+
+
+def agent(args: argparse.Namespace) -> int:
+    """``gaffer agent``: runs jobs until SIGTERM or SIGINT."""
+    from gaffer.agent import AgentConfig, run_agent
+
+    config = AgentConfig(
+        server=args.server,
+        name=args.name,
+        slots=args.slots,
+        labels=pairs_to_dict(args.label),
+        queues=tuple(args.queue or ("default",)),
+        work_dir=args.work_dir,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await run_agent(config, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _next_steps(address: str) -> str:
+    g = f"gaffer --server {address}"
+    return "\n".join(
+        [
+            "",
+            "Gaffer is up: a server and one local agent. Try, in another terminal:",
+            f"  {g} submit --follow -- echo hello",
+            f"  {g} submit --label team=demo -- sh -c 'for i in 1 2 3; do echo $i; sleep 1; done'",
+            f"  {g} list",
+            f"  {g} logs -f JOB_ID",
+            f"  {g} events -f",
+            f"  {g} cancel JOB_ID",
+            f"  {g} agents",
+            f"(or export GAFFER_SERVER={address}). Ctrl-C stops both.",
+            "",
+        ]
+    )
+
+
+def dev(args: argparse.Namespace) -> int:
+    """``gaffer dev``: a server and one agent, one event loop, until Ctrl-C."""
+    from gaffer.agent import AgentConfig, run_agent
+    from gaffer.server import ServerConfig, run_server
+
+    async def main() -> None:
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_ready(address: str) -> None:
+            _print_listening(address)
+            if not ready.done():
+                ready.set_result(address)
+
+        config = ServerConfig(listen=args.listen, data_dir=args.data_dir)
+        server_task = asyncio.create_task(run_server(config, on_ready=on_ready))
+        done, _ = await asyncio.wait({server_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if server_task in done:
+            server_task.result()  # it failed to start: raise why
+            return
+        address = ready.result()
+        stop = asyncio.Event()
+        agent_config = AgentConfig(
+            server=address, name=f"dev-{socket.gethostname()}", slots=args.slots
+        )
+        agent_task = asyncio.create_task(run_agent(agent_config, stop=stop))
+        print(_next_steps(address), flush=True)
+        # The server handles SIGINT/SIGTERM itself; when it stops, the agent stops too.
+        try:
+            await asyncio.wait({server_task, agent_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(agent_task, timeout=10)
+            if not server_task.done():
+                server_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server_task
+            if agent_task.done() and not agent_task.cancelled() and agent_task.exception():
+                print(f"gaffer: agent stopped: {agent_task.exception()}", file=sys.stderr)
+
+    asyncio.run(main())
+    return 0
+
+
+async def agents(args: argparse.Namespace, client: Client) -> int:
+    """``gaffer agents``."""
+    found = await client.agents()
+    if args.json:
+        print("[" + ",\n".join(to_json(a.raw) for a in found) + "]")
+    else:
+        print(agents_table(found))
+    return 0
