@@ -1,0 +1,585 @@
+"""What agents can do: register, claim, heartbeat, report, finish. Every write is fenced."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from gaffer.core._context import CoreSettings
+from gaffer.core._transitions import change_state, record_event, timestamp
+from gaffer.domain import (
+    ACTIVE_STATES,
+    AGENT_UPDATE_STATES,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    check_enum_values,
+    is_finished,
+    new_agent_id,
+    new_lease_token,
+    next_backoff,
+    should_retry,
+)
+from gaffer.domain._validation import check_labels, check_relative_path, validate_name
+from gaffer.store import (
+    BlobStore,
+    Notifier,
+    Store,
+    StoredAgent,
+    StoredJob,
+    Transaction,
+    agent_topic,
+    logs_topic,
+    queue_topic,
+)
+from gaffer.v1 import agent_service_pb2 as agent_pb2
+from gaffer.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+S = job_pb2.JobState
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The job, attempt and lease token every agent write names."""
+
+    job_id: str
+    attempt: int
+    lease_token: str
+
+
+@dataclass
+class HeartbeatResult:
+    cancel: list[agent_pb2.CancelOrder] = field(default_factory=list)
+    lost: list[agent_pb2.AttemptRef] = field(default_factory=list)
+    lease_expires: float = 0.0
+    draining: bool = False
+
+
+def _agent_not_found(agent_id: str) -> NotFound:
+    return NotFound(
+        f"agent {agent_id!r} is not registered; register again", reason="AGENT_NOT_FOUND"
+    )
+
+
+def _fits(job: job_pb2.Job, agent: agent_pb2.Agent, used: job_pb2.Resources) -> bool:
+    """Whether the job's node selector and resources fit what the agent has left."""
+    for key, value in job.spec.node_selector.items():
+        if agent.labels.get(key) != value:
+            return False
+    need, cap = job.spec.resources, agent.capacity
+    if cap.cpu and used.cpu + need.cpu > cap.cpu:
+        return False
+    if cap.memory_bytes and used.memory_bytes + need.memory_bytes > cap.memory_bytes:
+        return False
+    return not (need.gpu and used.gpu + need.gpu > cap.gpu)
+
+
+class Agents:
+    """The agent side of the lifecycle."""
+
+    def __init__(
+        self, store: Store, notifier: Notifier, blobs: BlobStore, settings: CoreSettings
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._blobs = blobs
+        self._settings = settings
+
+    def _now(self) -> float:
+        return self._settings.clock()
+
+    def actor(self, agent: agent_pb2.Agent | None, agent_id: str = "") -> str:
+        return f"agent:{agent.name}" if agent is not None else f"agent:{agent_id}"
+
+    async def register(
+        self,
+        name: str,
+        labels: dict[str, str],
+        capacity: agent_pb2.Capacity,
+        queues: Sequence[str],
+    ) -> agent_pb2.Agent:
+        """Registers an agent, or updates the one already registered under ``name``."""
+        limits = self._settings.limits
+        violations = validate_name(name, "name", limits)
+        check_labels(labels, "labels", limits, violations)
+        for name_ in ("slots", "cpu", "memory_bytes", "gpu"):
+            if getattr(capacity, name_) < 0:
+                violations.append(FieldViolation(f"capacity.{name_}", "must not be negative"))
+        for i, queue in enumerate(queues):
+            violations.extend(validate_name(queue, f"queues[{i}]", limits))
+        if violations:
+            raise InvalidArgument(violations, reason="INVALID_AGENT")
+        now = self._now()
+        async with self._store.transaction() as tx:
+            stored = await tx.get_agent_by_name(name)
+            if stored is None:
+                agent = agent_pb2.Agent(id=new_agent_id(), name=name)
+                agent.register_time.CopyFrom(timestamp(now))
+                stored = StoredAgent(agent=agent)
+            agent = stored.agent
+            agent.labels.clear()
+            agent.labels.update(labels)
+            agent.capacity.CopyFrom(capacity)
+            agent.capacity.slots = capacity.slots or 1
+            del agent.queues[:]
+            agent.queues.extend(queues or ["default"])
+            if agent.state != agent_pb2.AGENT_STATE_DRAINING:
+                agent.state = agent_pb2.AGENT_STATE_ACTIVE
+            agent.last_heartbeat_time.CopyFrom(timestamp(now))
+            stored.last_heartbeat = now
+            await tx.put_agent(stored)
+        return agent
+
+    async def _agent(self, tx: Transaction, agent_id: str) -> StoredAgent:
+        stored = await tx.get_agent(agent_id)
+        if stored is None:
+            raise _agent_not_found(agent_id)
+        return stored
+
+    async def claim(
+        self, agent_id: str, max_jobs: int, wait: float
+    ) -> list[tuple[StoredJob, float]]:
+        """Up to ``max_jobs`` jobs that fit the agent, waiting up to ``wait`` s for one."""
+        limits = self._settings.limits
+        if max_jobs < 0 or max_jobs > limits.max_claim_jobs:
+            raise InvalidArgument.single(
+                "max_jobs", f"must be between 0 and {limits.max_claim_jobs}"
+            )
+        if wait < 0:
+            raise InvalidArgument.single("wait", "must not be negative")
+        stored_agent = await self._store.get_agent(agent_id)
+        if stored_agent is None:
+            raise _agent_not_found(agent_id)
+        topics = [queue_topic(q) for q in stored_agent.agent.queues]
+        deadline = time.monotonic() + wait
+        with self._notifier.subscribe(*topics, agent_topic(agent_id)) as sub:
+            while True:
+                sub.clear()
+                claimed = await self._claim_once(agent_id, max_jobs or 1)
+                remaining = deadline - time.monotonic()
+                if claimed or remaining <= 0:
+                    return claimed
+                await sub.wait(min(remaining, self._settings.claim_recheck))
+
+    async def _claim_once(self, agent_id: str, max_jobs: int) -> list[tuple[StoredJob, float]]:
+        now = self._now()
+        claimed: list[tuple[StoredJob, float]] = []
+        async with self._store.transaction() as tx:
+            stored_agent = await self._agent(tx, agent_id)
+            agent = stored_agent.agent
+            if agent.state == agent_pb2.AGENT_STATE_DRAINING:
+                return []
+            held = await tx.jobs_of_agent(agent_id)
+            free = agent.capacity.slots - len(held)
+            if free <= 0:
+                return []
+            used = job_pb2.Resources()
+            for other in held:
+                used.cpu += other.job.spec.resources.cpu
+                used.memory_bytes += other.job.spec.resources.memory_bytes
+                used.gpu += other.job.spec.resources.gpu
+            want = min(max_jobs, free)
+            expires = now + self._settings.lease_ttl
+            for stored in await tx.pending_jobs(list(agent.queues), now, want * 4 + 16):
+                if len(claimed) >= want:
+                    break
+                job = stored.job
+                if not _fits(job, agent, used):
+                    continue
+                used.cpu += job.spec.resources.cpu
+                used.memory_bytes += job.spec.resources.memory_bytes
+                used.gpu += job.spec.resources.gpu
+                job.attempt += 1
+                job.agent_id = agent_id
+                stored.lease_token = new_lease_token()
+                stored.lease_expires = expires
+                stored.not_before = 0.0
+                await change_state(
+                    tx,
+                    stored,
+                    S.JOB_STATE_CLAIMED,
+                    now=now,
+                    message=f"attempt {job.attempt} claimed by {agent.name}",
+                    actor=self.actor(agent),
+                )
+                claimed.append((stored, expires))
+            if claimed:
+                stored_agent.last_heartbeat = now
+                agent.last_heartbeat_time.CopyFrom(timestamp(now))
+                await tx.put_agent(stored_agent)
+        return claimed
+
+    async def heartbeat(
+        self,
+        agent_id: str,
+        running: Sequence[agent_pb2.AttemptRef],
+        canceling: Sequence[agent_pb2.AttemptRef],
+        wait: float,
+    ) -> HeartbeatResult:
+        """Renews leases; answers at once with cancel orders, or when ``wait`` passes."""
+        if wait < 0:
+            raise InvalidArgument.single("wait", "must not be negative")
+        already = {(ref.job_id, ref.attempt) for ref in canceling}
+        with self._notifier.subscribe(agent_topic(agent_id)) as sub:
+            now = self._now()
+            result = HeartbeatResult(lease_expires=now + self._settings.lease_ttl)
+            async with self._store.transaction() as tx:
+                stored_agent = await self._agent(tx, agent_id)
+                agent = stored_agent.agent
+                stored_agent.last_heartbeat = now
+                agent.last_heartbeat_time.CopyFrom(timestamp(now))
+                if agent.state == agent_pb2.AGENT_STATE_OFFLINE:
+                    agent.state = agent_pb2.AGENT_STATE_ACTIVE
+                await tx.put_agent(stored_agent)
+                await tx.renew_leases(agent_id, result.lease_expires)
+                held = await tx.jobs_of_agent(agent_id)
+            held_refs = {(s.job.id, s.job.attempt) for s in held}
+            result.lost = [r for r in running if (r.job_id, r.attempt) not in held_refs]
+            result.draining = agent.state == agent_pb2.AGENT_STATE_DRAINING
+            deadline = time.monotonic() + wait
+            while True:
+                result.cancel = [
+                    agent_pb2.CancelOrder(
+                        job_id=s.job.id,
+                        attempt=s.job.attempt,
+                        reason=f"canceled by {s.job.canceled_by}",
+                    )
+                    for s in held
+                    if s.job.cancel_requested and (s.job.id, s.job.attempt) not in already
+                ]
+                remaining = deadline - time.monotonic()
+                if result.cancel or result.lost or remaining <= 0:
+                    return result
+                sub.clear()
+                if await sub.wait(remaining):
+                    held = [
+                        s
+                        for s in [await self._store.get_job(job_id) for job_id, _ in held_refs]
+                        if s is not None
+                        and s.job.agent_id == agent_id
+                        and s.job.state in ACTIVE_STATES
+                    ]
+                    stored_agent2 = await self._store.get_agent(agent_id)
+                    if stored_agent2 is not None:
+                        result.draining = (
+                            stored_agent2.agent.state == agent_pb2.AGENT_STATE_DRAINING
+                        )
+                        if result.draining:
+                            return result
+
+    async def _fenced(self, tx: Transaction, fence: Fence) -> StoredJob:
+        """The job if ``fence`` names its current attempt; FAILED_PRECONDITION otherwise."""
+        if not fence.job_id:
+            raise InvalidArgument.single("job_id", "is required")
+        stored = await tx.get_job(fence.job_id)
+        if stored is None:
+            raise NotFound(f"job {fence.job_id!r} not found", reason="JOB_NOT_FOUND")
+        job = stored.job
+        if job.attempt != fence.attempt or stored.lease_token != fence.lease_token:
+            raise FailedPrecondition(
+                f"attempt {fence.attempt} of job {fence.job_id} is not current "
+                f"(current: {job.attempt}); this write is refused",
+                reason="STALE_ATTEMPT",
+            )
+        if job.state not in ACTIVE_STATES:
+            raise FailedPrecondition(
+                f"job {fence.job_id} is {S.Name(job.state)}; attempt {fence.attempt} no longer "
+                "holds it",
+                reason="ATTEMPT_NOT_ACTIVE",
+            )
+        return stored
+
+    async def update_status(
+        self, fence: Fence, state: int, message: str, reject: bool
+    ) -> job_pb2.Job:
+        """VALIDATING -> RUNNING -> UPLOADING, or a rejection back to the queue."""
+        limits = self._settings.limits
+        if len(message) > limits.max_reason_chars:
+            raise InvalidArgument.single("message", f"is over {limits.max_reason_chars} characters")
+        if not reject and state not in AGENT_UPDATE_STATES:
+            raise InvalidArgument.single(
+                "state", "must be VALIDATING, RUNNING or UPLOADING", reason="INVALID_STATE"
+            )
+        now = self._now()
+        async with self._store.transaction() as tx:
+            stored = await self._fenced(tx, fence)
+            job = stored.job
+            agent = (await tx.get_agent(job.agent_id) or None) if job.agent_id else None
+            actor = self.actor(agent.agent if agent else None, job.agent_id)
+            if reject:
+                if job.state not in (S.JOB_STATE_CLAIMED, S.JOB_STATE_VALIDATING):
+                    raise FailedPrecondition(
+                        f"job {job.id} is {S.Name(job.state)}; only a job being validated can "
+                        "be rejected",
+                        reason="CANNOT_REJECT",
+                    )
+                job.agent_id = ""
+                stored.lease_token = ""
+                stored.lease_expires = 0.0
+                await change_state(
+                    tx,
+                    stored,
+                    S.JOB_STATE_PENDING,
+                    now=now,
+                    message=f"rejected by {actor}: {message or 'no reason given'}",
+                    actor=actor,
+                )
+                tx.topics.add(queue_topic(job.spec.queue))
+                return job
+            if job.state == state:
+                return job  # a repeat is harmless
+            if job.state not in AGENT_UPDATE_STATES[state]:
+                raise FailedPrecondition(
+                    f"job {job.id} is {S.Name(job.state)}; it cannot move to {S.Name(state)}",
+                    reason="INVALID_TRANSITION",
+                )
+            if state == S.JOB_STATE_RUNNING and job.spec.HasField("timeout"):
+                timeout = job.spec.timeout.ToTimedelta().total_seconds()
+                stored.deadline = now + timeout + self._settings.timeout_grace
+            await change_state(
+                tx, stored, state, now=now, message=message or S.Name(state), actor=actor
+            )
+        return job
+
+    async def push_log(self, fence: Fence, chunk: job_pb2.LogChunk) -> tuple[bool, int, int]:
+        """Stores one chunk unless already stored; (accepted, stdout_size, stderr_size)."""
+        limits = self._settings.limits
+        violations = check_enum_values([chunk.stream], job_pb2.LogStream, "chunk.stream")
+        if violations:
+            raise InvalidArgument(violations)
+        if chunk.offset < 0:
+            raise InvalidArgument.single("chunk.offset", "must not be negative")
+        if len(chunk.data) > limits.max_log_chunk_bytes:
+            raise InvalidArgument.single(
+                "chunk.data", f"is over {limits.max_log_chunk_bytes} bytes"
+            )
+        async with self._store.transaction() as tx:
+            await self._fenced(tx, fence)
+            result = await tx.append_log(
+                fence.job_id, fence.attempt, chunk.stream, chunk.offset, chunk.data
+            )
+            if result.accepted:
+                tx.topics.add(logs_topic(fence.job_id))
+        return result.accepted, result.stdout_size, result.stderr_size
+
+    async def upload_artifact(
+        self, header: agent_pb2.ArtifactHeader, chunks: AsyncIterator[bytes]
+    ) -> job_pb2.Artifact:
+        """Stores an artifact's bytes (digest checked), then records it for the attempt."""
+        limits = self._settings.limits
+        fence = Fence(header.job_id, header.attempt, header.lease_token)
+        violations: list[FieldViolation] = []
+        check_relative_path(header.name, "header.name", limits, violations)
+        if header.size_bytes < 0 or header.size_bytes > limits.max_artifact_bytes:
+            violations.append(
+                FieldViolation(
+                    "header.size_bytes", f"must be between 0 and {limits.max_artifact_bytes}"
+                )
+            )
+        if not header.digest.startswith("sha256:") or len(header.digest) != 71:
+            violations.append(
+                FieldViolation("header.digest", 'must be "sha256:" followed by 64 hex digits')
+            )
+        if violations:
+            raise InvalidArgument(violations, reason="INVALID_ARTIFACT")
+        async with self._store.transaction() as tx:
+            await self._fenced(tx, fence)
+        digest, size = await self._blobs.put(
+            chunks,
+            expected_size=header.size_bytes,
+            expected_digest=header.digest,
+            max_bytes=limits.max_artifact_bytes,
+        )
+        artifact = job_pb2.Artifact(
+            name=header.name,
+            digest=digest,
+            size_bytes=size,
+            attempt=header.attempt,
+            create_time=timestamp(self._now()),
+        )
+        async with self._store.transaction() as tx:
+            await self._fenced(tx, fence)
+            await tx.put_artifact(header.job_id, artifact)
+        return artifact
+
+    async def complete(
+        self,
+        fence: Fence,
+        state: int,
+        exit_code: int | None,
+        message: str,
+        not_retryable: bool,
+    ) -> tuple[bool, job_pb2.Job]:
+        """Records the attempt's outcome exactly once; a repeat answers accepted again."""
+        limits = self._settings.limits
+        if state not in (S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED):
+            raise InvalidArgument.single("state", "must be COMPLETED or FAILED")
+        if len(message) > limits.max_reason_chars:
+            raise InvalidArgument.single("message", f"is over {limits.max_reason_chars} characters")
+        now = self._now()
+        async with self._store.transaction() as tx:
+            stored = await tx.get_job(fence.job_id)
+            if (
+                stored is not None
+                and stored.job.attempt == fence.attempt
+                and stored.lease_token == fence.lease_token
+                and is_finished(stored.job.state)
+            ):
+                return True, stored.job  # this attempt's outcome is already the recorded one
+            if (
+                stored is not None
+                and stored.job.attempt == fence.attempt
+                and stored.lease_token == fence.lease_token
+                and stored.job.state == S.JOB_STATE_PENDING
+            ):
+                return True, stored.job  # this attempt's failure was recorded; a retry is queued
+            stored = await self._fenced(tx, fence)
+            job = stored.job
+            agent = await tx.get_agent(job.agent_id) if job.agent_id else None
+            actor = self.actor(agent.agent if agent else None, job.agent_id)
+            if exit_code is not None:
+                job.exit_code = exit_code
+            else:
+                job.ClearField("exit_code")
+            if job.cancel_requested:
+                await change_state(
+                    tx,
+                    stored,
+                    S.JOB_STATE_CANCELED,
+                    now=now,
+                    message=f"canceled by {job.canceled_by}",
+                    actor=actor,
+                )
+            elif state == S.JOB_STATE_COMPLETED:
+                await change_state(
+                    tx,
+                    stored,
+                    S.JOB_STATE_COMPLETED,
+                    now=now,
+                    message=message or "completed",
+                    actor=actor,
+                )
+            else:
+                await self._fail_or_retry(
+                    tx,
+                    stored,
+                    now=now,
+                    message=message or "failed",
+                    actor=actor,
+                    exit_code=exit_code,
+                    not_retryable=not_retryable,
+                )
+        return True, job
+
+    async def _fail_or_retry(
+        self,
+        tx: Transaction,
+        stored: StoredJob,
+        *,
+        now: float,
+        message: str,
+        actor: str,
+        exit_code: int | None,
+        not_retryable: bool = False,
+    ) -> None:
+        job = stored.job
+        if should_retry(job.spec, job.attempt, exit_code, not_retryable=not_retryable):
+            delay = next_backoff(job.spec.retry_policy, job.attempt)
+            # The token is kept so that a repeated CompleteJob of this attempt stays harmless.
+            job.agent_id = ""
+            stored.lease_expires = 0.0
+            stored.deadline = 0.0
+            stored.not_before = now + delay
+            await change_state(
+                tx,
+                stored,
+                S.JOB_STATE_PENDING,
+                now=now,
+                message=f"attempt {job.attempt} failed ({message}); retrying"
+                + (f" in {delay:.1f}s" if delay else ""),
+                actor=actor,
+            )
+            tx.topics.add(queue_topic(job.spec.queue))
+        else:
+            await change_state(
+                tx, stored, S.JOB_STATE_FAILED, now=now, message=message, actor=actor
+            )
+
+    async def list_agents(self, after_name: str, limit: int) -> list[agent_pb2.Agent]:
+        """Agents by name, with their running attempts; silent ones shown OFFLINE."""
+        now = self._now()
+        agents = []
+        for stored in await self._store.list_agents(after_name, limit):
+            agent = stored.agent
+            if (
+                agent.state == agent_pb2.AGENT_STATE_ACTIVE
+                and now - stored.last_heartbeat > self._settings.lease_ttl
+            ):
+                agent.state = agent_pb2.AGENT_STATE_OFFLINE
+            async with self._store.transaction() as tx:
+                held = await tx.jobs_of_agent(agent.id)
+            agent.running.extend(
+                agent_pb2.AttemptRef(job_id=s.job.id, attempt=s.job.attempt) for s in held
+            )
+            agents.append(agent)
+        return agents
+
+    async def drain(self, agent_id: str) -> agent_pb2.Agent:
+        async with self._store.transaction() as tx:
+            stored = await self._agent(tx, agent_id)
+            stored.agent.state = agent_pb2.AGENT_STATE_DRAINING
+            await tx.put_agent(stored)
+            tx.topics.add(agent_topic(agent_id))
+        return stored.agent
+
+    async def sweep(self) -> int:
+        """Ends or requeues attempts whose lease lapsed or whose deadline passed."""
+        now = self._now()
+        count = 0
+        async with self._store.transaction() as tx:
+            for stored in await tx.lapsed_jobs(now, 100):
+                job = stored.job
+                count += 1
+                agent_id = job.agent_id
+                if stored.deadline and stored.deadline < now:
+                    timeout = job.spec.timeout.ToTimedelta().total_seconds()
+                    reason = f"timeout after {timeout:g}s (the agent did not report it)"
+                    await self._fail_or_retry(
+                        tx, stored, now=now, message=reason, actor="server", exit_code=None
+                    )
+                else:
+                    await record_event(
+                        tx,
+                        stored,
+                        job_pb2.JOB_EVENT_TYPE_LEASE_LOST,
+                        now=now,
+                        message=f"lease of attempt {job.attempt} lapsed",
+                        actor="server",
+                    )
+                    if job.cancel_requested:
+                        await change_state(
+                            tx,
+                            stored,
+                            S.JOB_STATE_CANCELED,
+                            now=now,
+                            message=f"canceled by {job.canceled_by} (its agent went silent)",
+                            actor="server",
+                        )
+                    else:
+                        await self._fail_or_retry(
+                            tx,
+                            stored,
+                            now=now,
+                            message=f"lease of attempt {job.attempt} lapsed",
+                            actor="server",
+                            exit_code=None,
+                        )
+                if agent_id:
+                    tx.topics.add(agent_topic(agent_id))
+        if count:
+            log.info("sweeper ended or requeued %d lapsed attempts", count)
+        return count

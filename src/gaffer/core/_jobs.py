@@ -1,0 +1,344 @@
+"""What clients can do with jobs: the rules behind JobService, free of gRPC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gaffer.core._context import Caller, CoreSettings
+from gaffer.core._transitions import change_state, record_event, timestamp
+from gaffer.domain import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    is_finished,
+    job_timings,
+    new_job_id,
+    validate_spec,
+)
+from gaffer.store import (
+    EVENTS_TOPIC,
+    BlobStore,
+    JobQuery,
+    Notifier,
+    Store,
+    StoredJob,
+    agent_topic,
+    job_topic,
+    logs_topic,
+    queue_topic,
+)
+from gaffer.v1 import job_pb2, job_service_pb2
+
+S = job_pb2.JobState
+BOTH_STREAMS = (job_pb2.LOG_STREAM_STDOUT, job_pb2.LOG_STREAM_STDERR)
+_EVENT_BATCH = 500
+_LOG_BATCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LogRequest:
+    job_id: str
+    follow: bool = False
+    attempt: int = 0
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+    tail_lines: int = 0
+    streams: tuple[int, ...] = ()
+    keepalive: float = 15.0
+
+
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
+
+
+class Jobs:
+    """Submit, read, cancel, wait for and follow jobs."""
+
+    def __init__(
+        self, store: Store, notifier: Notifier, blobs: BlobStore, settings: CoreSettings
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._blobs = blobs
+        self._settings = settings
+
+    def _now(self) -> float:
+        return self._settings.clock()
+
+    def _present(self, stored: StoredJob) -> job_pb2.Job:
+        """The job as callers see it, with timings filled in."""
+        job = stored.job
+        job.timings.CopyFrom(job_timings(job, datetime.fromtimestamp(self._now(), UTC)))
+        return job
+
+    async def _get(self, caller: Caller, job_id: str) -> StoredJob:
+        stored = await self._store.get_job(job_id)
+        if stored is None or stored.tenant != caller.tenant:
+            raise job_not_found(job_id)
+        return stored
+
+    async def submit(
+        self, caller: Caller, spec: job_pb2.JobSpec, request_id: str, *, validate_only: bool
+    ) -> tuple[job_pb2.Job, bool]:
+        """Stores a job durably; returns (job, existing) where existing means a repeat."""
+        limits = self._settings.limits
+        if len(request_id) > limits.max_request_id_chars:
+            raise InvalidArgument.single(
+                "request_id", f"is longer than {limits.max_request_id_chars} characters"
+            )
+        validate_spec(spec, limits)
+        now = self._now()
+        job = job_pb2.Job(id=new_job_id(), state=S.JOB_STATE_PENDING, request_id=request_id)
+        job.spec.CopyFrom(spec)
+        job.spec.queue = spec.queue or "default"
+        job.create_time.CopyFrom(timestamp(now))
+        if validate_only:
+            return job, False
+        async with self._store.transaction() as tx:
+            if request_id:
+                existing = await tx.find_request(caller.tenant, request_id)
+                if existing is not None:
+                    return self._present(existing), True
+            stored = await tx.insert_job(StoredJob(job=job, tenant=caller.tenant))
+            await change_state(
+                tx,
+                stored,
+                S.JOB_STATE_PENDING,
+                now=now,
+                message="submitted",
+                actor=caller.actor,
+                event_type=job_pb2.JOB_EVENT_TYPE_CREATED,
+            )
+            tx.topics.add(queue_topic(job.spec.queue))
+        return self._present(stored), False
+
+    async def get(self, caller: Caller, job_id: str) -> job_pb2.Job:
+        return self._present(await self._get(caller, job_id))
+
+    async def list_page(
+        self, caller: Caller, query: JobQuery, *, newest_first: bool, after_seq: int, limit: int
+    ) -> tuple[list[job_pb2.Job], int | None]:
+        """A page of jobs and the cursor of the next page (None on the last)."""
+        rows = await self._store.list_jobs(
+            caller.tenant, query, newest_first=newest_first, after_seq=after_seq, limit=limit + 1
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_seq = rows[-1].seq if more and rows else None
+        return [self._present(r) for r in rows], next_seq
+
+    async def cancel(self, caller: Caller, job_id: str, reason: str) -> job_pb2.Job:
+        """Cancels at once when pending; asks the agent to kill it when claimed or running."""
+        limits = self._settings.limits
+        if len(reason) > limits.max_reason_chars:
+            raise InvalidArgument.single("reason", f"is over {limits.max_reason_chars} characters")
+        now = self._now()
+        async with self._store.transaction() as tx:
+            stored = await tx.get_job(job_id)
+            if stored is None or stored.tenant != caller.tenant:
+                raise job_not_found(job_id)
+            job = stored.job
+            message = f"canceled by {caller.actor}" + (f": {reason}" if reason else "")
+            if is_finished(job.state):
+                raise FailedPrecondition(
+                    f"job {job_id} is already {S.Name(job.state)}; nothing to cancel",
+                    reason="JOB_FINISHED",
+                )
+            if job.state == S.JOB_STATE_PENDING:
+                job.canceled_by = caller.actor
+                await change_state(
+                    tx, stored, S.JOB_STATE_CANCELED, now=now, message=message, actor=caller.actor
+                )
+            elif not job.cancel_requested:
+                job.cancel_requested = True
+                job.canceled_by = caller.actor
+                job.update_time.CopyFrom(timestamp(now))
+                await tx.update_job(stored)
+                await record_event(
+                    tx,
+                    stored,
+                    job_pb2.JOB_EVENT_TYPE_CANCEL_REQUESTED,
+                    now=now,
+                    message=message,
+                    actor=caller.actor,
+                )
+                tx.topics.add(agent_topic(job.agent_id))
+        return self._present(stored)
+
+    async def wait(self, caller: Caller, job_id: str, timeout: float | None) -> job_pb2.Job:
+        """The job once finished, or as it is when ``timeout`` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._notifier.subscribe(job_topic(job_id)) as sub:
+            while True:
+                sub.clear()
+                stored = await self._get(caller, job_id)
+                if is_finished(stored.job.state):
+                    return self._present(stored)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return self._present(stored)
+                await sub.wait(remaining)
+
+    async def events(
+        self,
+        caller: Caller,
+        *,
+        job_id: str | None,
+        query: JobQuery | None,
+        after_sequence: int,
+        from_now: bool,
+        keepalive: float,
+    ) -> AsyncIterator[job_pb2.JobEvent | None]:
+        """History then live events; None marks an idle interval (a keepalive is due).
+
+        Following one job, the stream ends after the job's final event.
+        """
+        if after_sequence < 0:
+            raise InvalidArgument.single("after_sequence", "must not be negative")
+        if from_now and after_sequence:
+            raise InvalidArgument.single(
+                "from_now", "cannot be combined with after_sequence; pick one start"
+            )
+        topic = job_topic(job_id) if job_id else EVENTS_TOPIC
+        with self._notifier.subscribe(topic) as sub:
+            if job_id:
+                await self._get(caller, job_id)
+            last = await self._store.last_event_seq()
+            if from_now:
+                after_sequence = last
+            elif after_sequence > last:
+                raise OutOfRange(
+                    f"after_sequence {after_sequence} is past the newest event ({last}); "
+                    "was the cursor issued by another server?",
+                    reason="CURSOR_AHEAD",
+                )
+            while True:
+                sub.clear()
+                finished_before_read = False
+                if job_id:
+                    stored = await self._get(caller, job_id)
+                    finished_before_read = is_finished(stored.job.state)
+                batch = await self._store.read_events(
+                    caller.tenant,
+                    after_seq=after_sequence,
+                    limit=_EVENT_BATCH,
+                    job_id=job_id,
+                    query=query,
+                )
+                for event in batch:
+                    after_sequence = event.sequence
+                    yield event
+                    if (
+                        job_id
+                        and event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
+                        and is_finished(event.state)
+                    ):
+                        return
+                if batch:
+                    continue
+                if finished_before_read:
+                    return  # the cursor was already past the final event
+                if not await sub.wait(keepalive):
+                    yield None
+
+    async def logs(
+        self, caller: Caller, request: LogRequest
+    ) -> AsyncIterator[job_pb2.LogChunk | job_service_pb2.LogEnd | None]:
+        """Stored then live output; a LogEnd last once the job is finished and all was sent.
+
+        None marks an idle interval (a keepalive is due).
+        """
+        for name in ("attempt", "stdout_offset", "stderr_offset", "tail_lines"):
+            if getattr(request, name) < 0:
+                raise InvalidArgument.single(name, "must not be negative")
+        streams = request.streams or BOTH_STREAMS
+        with self._notifier.subscribe(logs_topic(request.job_id), job_topic(request.job_id)) as sub:
+            stored = await self._get(caller, request.job_id)
+            attempt = request.attempt or stored.job.attempt
+            if request.attempt > stored.job.attempt:
+                raise OutOfRange(
+                    f"job {request.job_id} has no attempt {request.attempt} "
+                    f"(latest: {stored.job.attempt})",
+                    reason="NO_SUCH_ATTEMPT",
+                )
+            offsets: dict[int, int] = {
+                job_pb2.LOG_STREAM_STDOUT: request.stdout_offset,
+                job_pb2.LOG_STREAM_STDERR: request.stderr_offset,
+            }
+            offsets = {s: o for s, o in offsets.items() if s in streams}
+            if request.tail_lines:
+                for stream in offsets:
+                    offsets[stream] = await self._store.tail_offset(
+                        request.job_id, attempt, stream, request.tail_lines
+                    )
+            while True:
+                sub.clear()
+                # The state is read before the output: a job seen finished here has all of its
+                # output stored, so an empty read below means everything was sent.
+                stored = await self._get(caller, request.job_id)
+                job = stored.job
+                chunks = await self._store.read_logs(
+                    request.job_id, attempt, offsets, _LOG_BATCH_BYTES
+                )
+                for chunk in chunks:
+                    offsets[chunk.stream] = chunk.offset + len(chunk.data)
+                    yield chunk
+                if chunks:
+                    continue
+                if request.attempt == 0 and job.attempt > attempt:
+                    attempt = job.attempt  # a retry started: follow the new attempt from its start
+                    offsets = dict.fromkeys(offsets, 0)
+                    continue
+                if is_finished(job.state) or not request.follow:
+                    if is_finished(job.state):
+                        sizes = await self._store.log_sizes(request.job_id, attempt)
+                        end = job_service_pb2.LogEnd(
+                            state=job.state,
+                            message=job.message,
+                            attempt=attempt,
+                            stdout_size=sizes.get(job_pb2.LOG_STREAM_STDOUT, 0),
+                            stderr_size=sizes.get(job_pb2.LOG_STREAM_STDERR, 0),
+                        )
+                        if job.HasField("exit_code"):
+                            end.exit_code = job.exit_code
+                        yield end
+                    return
+                if not await sub.wait(request.keepalive):
+                    yield None
+
+    async def artifacts(self, caller: Caller, job_id: str) -> list[job_pb2.Artifact]:
+        await self._get(caller, job_id)
+        return await self._store.list_artifacts(job_id)
+
+    async def read_artifact(
+        self, caller: Caller, job_id: str, name: str, offset: int, chunk_size: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(offset, bytes) pieces of an artifact, from ``offset``."""
+        max_chunk = self._settings.limits.max_artifact_chunk_bytes
+        if not name:
+            raise InvalidArgument.single("name", "is required")
+        if offset < 0:
+            raise InvalidArgument.single("offset", "must not be negative")
+        if chunk_size < 0 or chunk_size > max_chunk:
+            raise InvalidArgument.single("chunk_size", f"must be between 0 and {max_chunk}")
+        chunk_size = chunk_size or max_chunk
+        found = {a.name: a for a in await self.artifacts(caller, job_id)}.get(name)
+        if found is None:
+            raise NotFound(f"job {job_id} has no artifact {name!r}", reason="ARTIFACT_NOT_FOUND")
+        if offset > found.size_bytes:
+            raise OutOfRange(
+                f"offset {offset} is past the end of {name!r} ({found.size_bytes} bytes)",
+                reason="OFFSET_PAST_END",
+            )
+        with self._blobs.path_of(found.digest).open("rb") as blob:
+            blob.seek(offset)
+            while offset < found.size_bytes:
+                data = blob.read(min(chunk_size, found.size_bytes - offset))
+                if not data:
+                    break
+                yield offset, data
+                offset += len(data)

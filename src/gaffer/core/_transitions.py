@@ -1,0 +1,78 @@
+"""Applying a lifecycle change to a stored job: history entry, event, topics, in one place."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from gaffer.domain import is_finished
+from gaffer.store import EVENTS_TOPIC, StoredJob, Transaction, job_topic
+from gaffer.v1 import job_pb2
+
+
+def timestamp(now: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(now * 1e9))
+    return ts
+
+
+async def record_event(
+    tx: Transaction,
+    stored: StoredJob,
+    event_type: int,
+    *,
+    now: float,
+    message: str,
+    actor: str,
+) -> job_pb2.JobEvent:
+    """Appends an event about the job as it is now, and marks its topics for publishing."""
+    job = stored.job
+    event = job_pb2.JobEvent(
+        job_id=job.id,
+        type=event_type,  # type: ignore[arg-type]
+        time=timestamp(now),
+        state=job.state,
+        attempt=job.attempt,
+        agent_id=job.agent_id,
+        message=message,
+        actor=actor,
+    )
+    if job.HasField("exit_code") and is_finished(job.state):
+        event.exit_code = job.exit_code
+    event.sequence = await tx.append_event(stored.tenant, event)
+    tx.topics.add(job_topic(job.id))
+    tx.topics.add(EVENTS_TOPIC)
+    return event
+
+
+async def change_state(
+    tx: Transaction,
+    stored: StoredJob,
+    state: int,
+    *,
+    now: float,
+    message: str,
+    actor: str,
+    event_type: int = job_pb2.JOB_EVENT_TYPE_STATE_CHANGED,
+) -> job_pb2.JobEvent:
+    """Moves the job to ``state``: appends a status, stamps times, writes it, records an event."""
+    job = stored.job
+    job.state = state  # type: ignore[assignment]
+    job.message = message
+    job.update_time.CopyFrom(timestamp(now))
+    job.history.append(
+        job_pb2.JobStatus(
+            state=state,  # type: ignore[arg-type]
+            time=timestamp(now),
+            message=message,
+            agent_id=job.agent_id,
+            attempt=job.attempt,
+            actor=actor,
+        )
+    )
+    if is_finished(state):
+        job.finish_time.CopyFrom(timestamp(now))
+        job.cancel_requested = False
+        stored.lease_expires = 0.0
+        stored.deadline = 0.0
+    await tx.update_job(stored)
+    return await record_event(tx, stored, event_type, now=now, message=message, actor=actor)

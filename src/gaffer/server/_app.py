@@ -1,0 +1,188 @@
+"""Assembling and running a Gaffer server: store, core, servicers, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gaffer.core import Agents, CoreSettings, Jobs, run_sweeper
+from gaffer.domain import StoreUnavailable
+from gaffer.server._agent_servicer import AgentServicer
+from gaffer.server._config import ServerConfig, check_listen
+from gaffer.server._job_servicer import JobServicer
+from gaffer.store import BlobStore, Notifier, SqliteStore, Store
+from gaffer.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_SERVICE = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+HEALTH_SERVICES = ("", JOB_SERVICE, AGENT_SERVICE)
+STORE_CHECK_INTERVAL = 2.0
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    limit = config.limits.max_message_bytes
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+    if config.max_connection_age:
+        options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", 30_000))
+    return options
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound address, and how to stop it."""
+
+    address: str
+    server: grpc.aio.Server
+    store: Store
+    notifier: Notifier
+    health: health.aio.HealthServicer
+    grace: float
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING, streams end UNAVAILABLE, unary calls get ``grace`` to finish."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        await self.health.enter_graceful_shutdown()
+        self.notifier.close()
+        await self.server.stop(self.grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def _watch_store(
+    store: Store, servicer: health.aio.HealthServicer, stop: asyncio.Event
+) -> None:
+    """Keeps health in step with the store: NOT_SERVING while it cannot answer."""
+    serving: bool | None = None
+    while not stop.is_set():
+        try:
+            await store.ping()
+            ok = True
+        except StoreUnavailable as exc:
+            ok = False
+            if serving is not False:
+                log.warning("health NOT_SERVING: %s", exc)
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in HEALTH_SERVICES:
+                await servicer.set(service, status)
+            serving = ok
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STORE_CHECK_INTERVAL)
+
+
+async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
+    """Opens the store, binds ``config.listen`` and starts serving.
+
+    Raises:
+        ValueError: the listen address is refused (non-loopback without auth) or unusable.
+    """
+    check_listen(config)
+    notifier = Notifier()
+    if store is None:
+        store = SqliteStore(config.data_dir, notifier, synchronous=config.sqlite_synchronous)
+    await store.open()
+    settings = CoreSettings(
+        lease_ttl=config.lease_ttl,
+        heartbeat_interval=config.heartbeat_interval,
+        timeout_grace=config.timeout_grace,
+        sweep_interval=config.sweep_interval,
+        limits=config.limits,
+    )
+    blobs = BlobStore(store.blob_dir)
+    jobs = Jobs(store, notifier, blobs, settings)
+    agents = Agents(store, notifier, blobs, settings)
+
+    server = grpc.aio.server(options=grpc_options(config))
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(
+        JobServicer(jobs, config.limits, settings.keepalive_default), server
+    )
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(agents, config.limits, config.lease_ttl, config.heartbeat_interval), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (JOB_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        await store.close()
+        raise ValueError(f"cannot listen on {config.listen}: {exc}") from exc
+    host = config.listen.rpartition(":")[0]
+    await server.start()
+    running = RunningServer(
+        address=f"{host}:{port}",
+        server=server,
+        store=store,
+        notifier=notifier,
+        health=health_servicer,
+        grace=config.shutdown_grace,
+    )
+    for service in HEALTH_SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    running._tasks.append(
+        asyncio.create_task(run_sweeper(agents, config.sweep_interval, running._stop))
+    )
+    running._tasks.append(asyncio.create_task(_watch_store(store, health_servicer, running._stop)))
+    log.info("gaffer server listening on %s (data dir %s)", running.address, config.data_dir)
+    return running
+
+
+async def run_server(
+    config: ServerConfig, *, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    running = await start_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(running.address)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await running.stop()

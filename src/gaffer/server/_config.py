@@ -1,0 +1,66 @@
+"""The server's settings: a frozen dataclass the CLI builds from flags and environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gaffer.domain import Limits
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one `gaffer server` runs.
+
+    Attributes:
+        listen: host:port to bind; port 0 picks a free one (printed once bound).
+        data_dir: where the embedded SQLite store and artifact bytes live.
+        insecure: allow a non-loopback address without auth.
+        lease_ttl: seconds a lease lives without a heartbeat.
+        heartbeat_interval: seconds between an agent's heartbeats.
+        timeout_grace: seconds past a job's timeout before the server fails it itself.
+        shutdown_grace: seconds unary calls get to finish on SIGTERM.
+        max_connection_age: seconds before a connection is asked to reconnect (0: never),
+            so that balancers spread long-lived clients.
+        sqlite_synchronous: SQLite's `synchronous` pragma; FULL survives power loss.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path(".gaffer")
+    insecure: bool = False
+    lease_ttl: float = 15.0
+    heartbeat_interval: float = 5.0
+    timeout_grace: float = 1.0
+    sweep_interval: float = 0.5
+    shutdown_grace: float = 5.0
+    max_connection_age: float = 0.0
+    keepalive_time: float = 30.0
+    sqlite_synchronous: str = "FULL"
+    limits: Limits = field(default_factory=Limits)
+
+
+def split_host(listen: str) -> str:
+    host, sep, _port = listen.rpartition(":")
+    if not sep:
+        raise ValueError(f"--listen {listen!r} is not host:port")
+    return host.strip("[]")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(config: ServerConfig) -> None:
+    """Refuses a non-loopback address without auth unless ``insecure`` says so."""
+    host = split_host(config.listen)
+    if not is_loopback(host) and not config.insecure:
+        raise ValueError(
+            f"refusing to listen on {config.listen} without authentication; "
+            "use a loopback address, or pass --insecure if the network is trusted"
+        )

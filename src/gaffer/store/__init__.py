@@ -1,0 +1,36 @@
+"""Durable state behind one interface; SQLite is the embedded default."""
+
+from gaffer.store._base import (
+    EVENTS_TOPIC,
+    JobQuery,
+    LogAppend,
+    Store,
+    StoredAgent,
+    StoredJob,
+    Transaction,
+    agent_topic,
+    job_topic,
+    logs_topic,
+    queue_topic,
+)
+from gaffer.store._blobs import BlobStore
+from gaffer.store._notifier import Notifier, Subscription
+from gaffer.store._sqlite import SqliteStore
+
+__all__ = [
+    "EVENTS_TOPIC",
+    "BlobStore",
+    "JobQuery",
+    "LogAppend",
+    "Notifier",
+    "SqliteStore",
+    "Store",
+    "StoredAgent",
+    "StoredJob",
+    "Subscription",
+    "Transaction",
+    "agent_topic",
+    "job_topic",
+    "logs_topic",
+    "queue_topic",
+]

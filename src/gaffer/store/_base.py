@@ -1,0 +1,223 @@
+"""The store interface. SQL lives only behind it; SQLite and PostgreSQL implement it alike.
+
+Writes happen in a transaction (``async with store.transaction() as tx``) that is committed
+before the caller answers anyone; the topics a transaction touched are published to the
+notifier only after the commit, so a woken reader always finds what woke it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gaffer.v1 import agent_service_pb2, job_pb2
+
+
+@dataclass
+class StoredJob:
+    """A job as stored: the public message plus what only the server sees."""
+
+    job: job_pb2.Job
+    tenant: str
+    seq: int = 0
+    lease_token: str = ""
+    lease_expires: float = 0.0
+    not_before: float = 0.0
+    # When the server fails the attempt if the agent said nothing (timeout plus grace).
+    deadline: float = 0.0
+
+
+@dataclass
+class StoredAgent:
+    agent: agent_service_pb2.Agent
+    last_heartbeat: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """A filter on jobs, shared by ListJobs and event streams over many jobs."""
+
+    states: tuple[int, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    exclude_labels: tuple[tuple[str, str], ...] = ()
+    created_after: float | None = None
+    created_before: float | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class LogAppend:
+    """What happened to one pushed chunk."""
+
+    accepted: bool
+    duplicate: bool
+    stdout_size: int
+    stderr_size: int
+
+
+@dataclass
+class Topics:
+    """Notification topics a transaction touched, published after it commits."""
+
+    names: set[str] = field(default_factory=set)
+
+    def add(self, name: str) -> None:
+        self.names.add(name)
+
+
+def job_topic(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def logs_topic(job_id: str) -> str:
+    return f"logs:{job_id}"
+
+
+def queue_topic(queue: str) -> str:
+    return f"queue:{queue}"
+
+
+def agent_topic(agent_id: str) -> str:
+    return f"agent:{agent_id}"
+
+
+EVENTS_TOPIC = "events"
+
+
+class Transaction(abc.ABC):
+    """One write transaction; every method runs inside it."""
+
+    topics: Topics
+
+    @abc.abstractmethod
+    async def insert_job(self, stored: StoredJob) -> StoredJob:
+        """Stores a new job; returns it with its ``seq``."""
+
+    @abc.abstractmethod
+    async def find_request(self, tenant: str, request_id: str) -> StoredJob | None:
+        """The job a tenant submitted with ``request_id``, if any."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> StoredJob | None:
+        """A job of any tenant, read for update."""
+
+    @abc.abstractmethod
+    async def update_job(self, stored: StoredJob) -> None:
+        """Writes back a job read in this transaction."""
+
+    @abc.abstractmethod
+    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
+        """Appends an event and returns its sequence number."""
+
+    @abc.abstractmethod
+    async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
+        """PENDING jobs of these queues that may run now, highest priority then oldest first."""
+
+    @abc.abstractmethod
+    async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
+        """Jobs whose current attempt the agent holds."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, agent_id: str, expires: float) -> None:
+        """Extends every lease the agent holds."""
+
+    @abc.abstractmethod
+    async def lapsed_jobs(self, now: float, limit: int) -> list[StoredJob]:
+        """Jobs held under a lease that lapsed, or past their server-side deadline."""
+
+    @abc.abstractmethod
+    async def get_agent(self, agent_id: str) -> StoredAgent | None: ...
+
+    @abc.abstractmethod
+    async def get_agent_by_name(self, name: str) -> StoredAgent | None: ...
+
+    @abc.abstractmethod
+    async def put_agent(self, stored: StoredAgent) -> None:
+        """Inserts or replaces an agent."""
+
+    @abc.abstractmethod
+    async def append_log(
+        self, job_id: str, attempt: int, stream: int, offset: int, data: bytes
+    ) -> LogAppend:
+        """Stores a chunk unless those bytes are already stored; refuses a gap."""
+
+    @abc.abstractmethod
+    async def put_artifact(self, job_id: str, artifact: job_pb2.Artifact) -> None:
+        """Records an artifact (replacing one of the same name)."""
+
+
+class Store(abc.ABC):
+    """Durable state of a Gaffer server."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connects and applies migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raises StoreUnavailable when the store cannot answer."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> StoredJob | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, tenant: str, query: JobQuery, *, newest_first: bool, after_seq: int, limit: int
+    ) -> list[StoredJob]:
+        """A page of jobs in ``seq`` order, strictly after (or before, newest first) a cursor."""
+
+    @abc.abstractmethod
+    async def read_events(
+        self,
+        tenant: str,
+        *,
+        after_seq: int,
+        limit: int,
+        job_id: str | None = None,
+        query: JobQuery | None = None,
+    ) -> list[job_pb2.JobEvent]:
+        """Events after a sequence number, oldest first."""
+
+    @abc.abstractmethod
+    async def last_event_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    async def read_logs(
+        self,
+        job_id: str,
+        attempt: int,
+        offsets: dict[int, int],
+        max_bytes: int,
+    ) -> list[job_pb2.LogChunk]:
+        """Chunks of the given streams from their offsets, in the order they were written."""
+
+    @abc.abstractmethod
+    async def log_sizes(self, job_id: str, attempt: int) -> dict[int, int]:
+        """Bytes stored per stream for an attempt."""
+
+    @abc.abstractmethod
+    async def tail_offset(self, job_id: str, attempt: int, stream: int, lines: int) -> int:
+        """The offset where the last ``lines`` lines of a stream start."""
+
+    @abc.abstractmethod
+    async def list_artifacts(self, job_id: str) -> list[job_pb2.Artifact]: ...
+
+    @abc.abstractmethod
+    async def list_agents(self, after_name: str, limit: int) -> list[StoredAgent]: ...
+
+    @abc.abstractmethod
+    async def get_agent(self, agent_id: str) -> StoredAgent | None: ...
+
+    @property
+    @abc.abstractmethod
+    def blob_dir(self) -> Path:
+        """Where artifact bytes live, by digest."""

@@ -1,0 +1,100 @@
+"""In-process wake-ups: a writer publishes topics after commit, readers wait on a subscription.
+
+A reader subscribes *before* it reads the store and clears its flag before each read, so a
+publish that lands between the read and the wait is never lost. Topics without subscribers
+cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from types import TracebackType
+
+from gaffer.domain import StoreUnavailable
+
+
+class Subscription:
+    """A flag set whenever one of its topics is published."""
+
+    def __init__(self, notifier: Notifier, topics: tuple[str, ...]) -> None:
+        self._notifier = notifier
+        self.topics = topics
+        self._event = asyncio.Event()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float | None) -> bool:
+        """True when woken, False when ``timeout`` passed first.
+
+        Raises:
+            StoreUnavailable: the server is shutting down; the caller should resume elsewhere.
+        """
+        self._notifier.check_open()
+        if timeout is not None and timeout <= 0:
+            return self._event.is_set()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._notifier.check_open()
+        return True
+
+    def close(self) -> None:
+        self._notifier._remove(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Notifier:
+    """Topic -> subscriptions. Not thread-safe: use it from the event loop only."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """Wakes every waiter with StoreUnavailable: used on shutdown so streams end at once."""
+        self._closed = True
+        for subs in list(self._subs.values()):
+            for sub in subs:
+                sub.set()
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("the server is shutting down; resume from your cursor")
+
+    def subscribe(self, *topics: str) -> Subscription:
+        sub = Subscription(self, topics)
+        for topic in topics:
+            self._subs.setdefault(topic, set()).add(sub)
+        return sub
+
+    def publish(self, topics: Iterable[str]) -> None:
+        for topic in topics:
+            for sub in self._subs.get(topic, ()):
+                sub.set()
+
+    def subscriber_count(self) -> int:
+        return len({sub for subs in self._subs.values() for sub in subs})
+
+    def _remove(self, sub: Subscription) -> None:
+        for topic in sub.topics:
+            subs = self._subs.get(topic)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[topic]

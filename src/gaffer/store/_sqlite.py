@@ -1,0 +1,495 @@
+"""The embedded store: SQLite through aiosqlite, in WAL mode, one writer at a time.
+
+Writes take an asyncio lock and run ``BEGIN IMMEDIATE`` on the writer connection, so a
+transaction never interleaves with another coroutine's statements; reads use a second
+connection and never wait for writers (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gaffer.domain import OutOfRange, StoreUnavailable
+from gaffer.store._base import (
+    JobQuery,
+    LogAppend,
+    Store,
+    StoredAgent,
+    StoredJob,
+    Topics,
+    Transaction,
+)
+from gaffer.store._notifier import Notifier
+from gaffer.store._sqlite_schema import MIGRATIONS
+from gaffer.v1 import agent_service_pb2, job_pb2
+
+log = logging.getLogger(__name__)
+
+_JOB_COLUMNS = "seq, tenant, lease_token, lease_expires, not_before, deadline, spec, body"
+_ACTIVE = (2, 3, 4, 5)
+
+
+def _job_from_row(row: Sequence[Any]) -> StoredJob:
+    seq, tenant, token, expires, not_before, deadline, spec, body = row
+    job = job_pb2.Job.FromString(body)
+    job.spec.ParseFromString(spec)
+    return StoredJob(
+        job=job,
+        tenant=tenant,
+        seq=seq,
+        lease_token=token,
+        lease_expires=expires,
+        not_before=not_before,
+        deadline=deadline,
+    )
+
+
+def _body_without_spec(job: job_pb2.Job) -> bytes:
+    copy = job_pb2.Job()
+    copy.CopyFrom(job)
+    copy.ClearField("spec")
+    return copy.SerializeToString()
+
+
+def _label_path(key: str) -> str:
+    return '$."' + key.replace('"', "") + '"'
+
+
+def filter_sql(query: JobQuery, alias: str = "jobs") -> tuple[str, list[Any]]:
+    """SQL conditions (joined by AND, possibly empty) and parameters for a JobQuery."""
+    parts: list[str] = []
+    params: list[Any] = []
+    if query.states:
+        parts.append(f"{alias}.state IN ({','.join('?' * len(query.states))})")
+        params.extend(query.states)
+    for key, value in query.labels:
+        parts.append(f"json_extract({alias}.labels, ?) = ?")
+        params.extend([_label_path(key), value])
+    for key, value in query.exclude_labels:
+        parts.append(f"IFNULL(json_extract({alias}.labels, ?) != ?, 1)")
+        params.extend([_label_path(key), value])
+    if query.created_after is not None:
+        parts.append(f"{alias}.created_at >= ?")
+        params.append(query.created_after)
+    if query.created_before is not None:
+        parts.append(f"{alias}.created_at < ?")
+        params.append(query.created_before)
+    if query.queue is not None:
+        parts.append(f"{alias}.queue = ?")
+        params.append(query.queue)
+    return " AND ".join(parts), params
+
+
+class _SqliteTransaction(Transaction):
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self.topics = Topics()
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
+
+    async def insert_job(self, stored: StoredJob) -> StoredJob:
+        job = stored.job
+        cursor = await self._conn.execute(
+            "INSERT INTO jobs (id, tenant, request_id, queue, priority, state, labels, created_at,"
+            " agent_id, lease_token, lease_expires, not_before, deadline, spec, body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job.id,
+                stored.tenant,
+                job.request_id or None,
+                job.spec.queue,
+                job.spec.priority,
+                job.state,
+                json.dumps(dict(job.spec.labels), sort_keys=True),
+                job.create_time.ToNanoseconds() / 1e9,
+                job.agent_id,
+                stored.lease_token,
+                stored.lease_expires,
+                stored.not_before,
+                stored.deadline,
+                job.spec.SerializeToString(),
+                _body_without_spec(job),
+            ),
+        )
+        stored.seq = cursor.lastrowid or 0
+        await cursor.close()
+        return stored
+
+    async def find_request(self, tenant: str, request_id: str) -> StoredJob | None:
+        row = await self._one(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ?",
+            (tenant, request_id),
+        )
+        return _job_from_row(row) if row else None
+
+    async def get_job(self, job_id: str) -> StoredJob | None:
+        row = await self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(row) if row else None
+
+    async def update_job(self, stored: StoredJob) -> None:
+        job = stored.job
+        await self._conn.execute(
+            "UPDATE jobs SET state = ?, agent_id = ?, lease_token = ?, lease_expires = ?,"
+            " not_before = ?, deadline = ?, body = ? WHERE seq = ?",
+            (
+                job.state,
+                job.agent_id,
+                stored.lease_token,
+                stored.lease_expires,
+                stored.not_before,
+                stored.deadline,
+                _body_without_spec(job),
+                stored.seq,
+            ),
+        )
+
+    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
+        cursor = await self._conn.execute(
+            "INSERT INTO events (job_id, tenant, body) VALUES (?, ?, ?)",
+            (event.job_id, tenant, event.SerializeToString()),
+        )
+        seq = cursor.lastrowid or 0
+        await cursor.close()
+        return seq
+
+    async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 1"
+            f" AND queue IN ({','.join('?' * len(queues))}) AND not_before <= ?"
+            " ORDER BY priority DESC, seq LIMIT ?",
+            (*queues, now, limit),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE agent_id = ? AND state IN (2,3,4,5)",
+            (agent_id,),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def renew_leases(self, agent_id: str, expires: float) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET lease_expires = ? WHERE agent_id = ? AND state IN (2,3,4,5)",
+            (expires, agent_id),
+        )
+
+    async def lapsed_jobs(self, now: float, limit: int) -> list[StoredJob]:
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (2,3,4,5) AND"
+            " ((lease_expires > 0 AND lease_expires < ?) OR (deadline > 0 AND deadline < ?))"
+            " LIMIT ?",
+            (now, now, limit),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def get_agent(self, agent_id: str) -> StoredAgent | None:
+        row = await self._one("SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,))
+        return _agent_from_row(row) if row else None
+
+    async def get_agent_by_name(self, name: str) -> StoredAgent | None:
+        row = await self._one("SELECT last_heartbeat, body FROM agents WHERE name = ?", (name,))
+        return _agent_from_row(row) if row else None
+
+    async def put_agent(self, stored: StoredAgent) -> None:
+        agent = stored.agent
+        await self._conn.execute(
+            "INSERT INTO agents (id, name, last_heartbeat, body) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+            " last_heartbeat = excluded.last_heartbeat, body = excluded.body",
+            (agent.id, agent.name, stored.last_heartbeat, agent.SerializeToString()),
+        )
+
+    async def append_log(
+        self, job_id: str, attempt: int, stream: int, offset: int, data: bytes
+    ) -> LogAppend:
+        sizes = await _log_sizes(self._conn, job_id, attempt)
+        size = sizes.get(stream, 0)
+        accepted = False
+        if offset > size:
+            raise OutOfRange(
+                f"chunk at offset {offset} of stream {stream} leaves a gap: "
+                f"{size} bytes are stored",
+                reason="LOG_GAP",
+            )
+        end = offset + len(data)
+        if end > size:
+            # Only bytes not stored yet are kept: a resent or regrouped chunk adds nothing twice.
+            fresh = data[size - offset :]
+            await self._conn.execute(
+                "INSERT INTO log_chunks (job_id, attempt, stream, offset, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (job_id, attempt, stream, size, fresh),
+            )
+            await self._conn.execute(
+                "INSERT INTO log_sizes (job_id, attempt, stream, size) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (job_id, attempt, stream) DO UPDATE SET size = excluded.size",
+                (job_id, attempt, stream, end),
+            )
+            sizes[stream] = end
+            accepted = True
+        return LogAppend(
+            accepted=accepted,
+            duplicate=not accepted,
+            stdout_size=sizes.get(job_pb2.LOG_STREAM_STDOUT, 0),
+            stderr_size=sizes.get(job_pb2.LOG_STREAM_STDERR, 0),
+        )
+
+    async def put_artifact(self, job_id: str, artifact: job_pb2.Artifact) -> None:
+        await self._conn.execute(
+            "INSERT OR REPLACE INTO artifacts (job_id, name, body) VALUES (?, ?, ?)",
+            (job_id, artifact.name, artifact.SerializeToString()),
+        )
+
+
+def _agent_from_row(row: Sequence[Any]) -> StoredAgent:
+    last_heartbeat, body = row
+    return StoredAgent(
+        agent=agent_service_pb2.Agent.FromString(body), last_heartbeat=last_heartbeat
+    )
+
+
+async def _log_sizes(conn: aiosqlite.Connection, job_id: str, attempt: int) -> dict[int, int]:
+    rows = await conn.execute_fetchall(
+        "SELECT stream, size FROM log_sizes WHERE job_id = ? AND attempt = ?", (job_id, attempt)
+    )
+    return {stream: size for stream, size in rows}
+
+
+class SqliteStore(Store):
+    """SQLite under ``data_dir``: ``gaffer.db`` plus ``blobs/`` for artifact bytes."""
+
+    def __init__(self, data_dir: Path, notifier: Notifier, *, synchronous: str = "FULL") -> None:
+        self._data_dir = data_dir
+        self._notifier = notifier
+        self._synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def blob_dir(self) -> Path:
+        return self._data_dir / "blobs"
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self._data_dir / "gaffer.db", isolation_level=None)
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self) -> None:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self.blob_dir.mkdir(exist_ok=True)
+        self._writer = await self._connect()
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+            rows = list(await conn.execute_fetchall("SELECT version FROM schema_version"))
+            version = rows[0][0] if rows else 0
+            if version > len(MIGRATIONS):
+                raise StoreUnavailable(
+                    f"the database is at schema version {version}, newer than this server "
+                    f"knows ({len(MIGRATIONS)}); upgrade gaffer"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                log.info("applying SQLite migration %d", number)
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+            await conn.execute("DELETE FROM schema_version")
+            await conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def _r(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("the store is closed")
+        return self._reader
+
+    async def ping(self) -> None:
+        try:
+            await self._r.execute_fetchall("SELECT 1")
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreUnavailable(f"SQLite store is unavailable: {exc}") from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        conn = self._writer
+        async with self._write_lock:
+            tx = _SqliteTransaction(conn)
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite store is unavailable: {exc}") from exc
+            try:
+                yield tx
+                await conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    await conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback failed")
+                raise
+        self._notifier.publish(tx.topics.names)
+
+    async def get_job(self, job_id: str) -> StoredJob | None:
+        rows = await self._r.execute_fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+        )
+        return _job_from_row(next(iter(rows))) if rows else None
+
+    async def list_jobs(
+        self, tenant: str, query: JobQuery, *, newest_first: bool, after_seq: int, limit: int
+    ) -> list[StoredJob]:
+        where, params = filter_sql(query)
+        cursor_cond = "seq < ?" if newest_first else "seq > ?"
+        if newest_first and after_seq == 0:
+            after_seq = 2**62
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND {cursor_cond}"
+            + (f" AND {where}" if where else "")
+            + f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        )
+        rows = await self._r.execute_fetchall(sql, (tenant, after_seq, *params, limit))
+        return [_job_from_row(r) for r in rows]
+
+    async def read_events(
+        self,
+        tenant: str,
+        *,
+        after_seq: int,
+        limit: int,
+        job_id: str | None = None,
+        query: JobQuery | None = None,
+    ) -> list[job_pb2.JobEvent]:
+        if job_id is not None:
+            rows = await self._r.execute_fetchall(
+                "SELECT seq, body FROM events WHERE job_id = ? AND tenant = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (job_id, tenant, after_seq, limit),
+            )
+        else:
+            where, params = filter_sql(query or JobQuery(), "j")
+            join = " JOIN jobs j ON j.id = e.job_id" if where else ""
+            rows = await self._r.execute_fetchall(
+                f"SELECT e.seq, e.body FROM events e{join} WHERE e.tenant = ? AND e.seq > ?"
+                + (f" AND {where}" if where else "")
+                + " ORDER BY e.seq LIMIT ?",
+                (tenant, after_seq, *params, limit),
+            )
+        events = []
+        for seq, body in rows:
+            event = job_pb2.JobEvent.FromString(body)
+            event.sequence = seq
+            events.append(event)
+        return events
+
+    async def last_event_seq(self) -> int:
+        rows = list(await self._r.execute_fetchall("SELECT IFNULL(MAX(seq), 0) FROM events"))
+        return int(rows[0][0])
+
+    async def read_logs(
+        self, job_id: str, attempt: int, offsets: dict[int, int], max_bytes: int
+    ) -> list[job_pb2.LogChunk]:
+        if not offsets:
+            return []
+        conds = " OR ".join("(stream = ? AND offset + length(data) > ?)" for _ in offsets)
+        params: list[Any] = [job_id, attempt]
+        for stream, offset in offsets.items():
+            params.extend([stream, offset])
+        rows = await self._r.execute_fetchall(
+            "SELECT stream, offset, data FROM log_chunks WHERE job_id = ? AND attempt = ?"
+            f" AND ({conds}) ORDER BY rowid LIMIT 256",
+            params,
+        )
+        chunks: list[job_pb2.LogChunk] = []
+        total = 0
+        for stream, offset, data in rows:
+            skip = offsets[stream] - offset
+            if skip > 0:
+                data, offset = data[skip:], offset + skip
+            chunks.append(
+                job_pb2.LogChunk(stream=stream, offset=offset, data=data, attempt=attempt)
+            )
+            total += len(data)
+            if total >= max_bytes:
+                break
+        return chunks
+
+    async def log_sizes(self, job_id: str, attempt: int) -> dict[int, int]:
+        return await _log_sizes(self._r, job_id, attempt)
+
+    async def tail_offset(self, job_id: str, attempt: int, stream: int, lines: int) -> int:
+        newlines = 0
+        before = 2**62
+        while True:
+            rows = list(
+                await self._r.execute_fetchall(
+                    "SELECT offset, data FROM log_chunks WHERE job_id = ? AND attempt = ?"
+                    " AND stream = ? AND offset < ? ORDER BY offset DESC LIMIT 64",
+                    (job_id, attempt, stream, before),
+                )
+            )
+            if not rows:
+                return 0
+            for offset, data in rows:
+                end = len(data)
+                # A trailing newline at the very end of the stream ends the last line.
+                if newlines == 0 and before == 2**62 and data.endswith(b"\n"):
+                    end -= 1
+                pos = end
+                while True:
+                    pos = data.rfind(b"\n", 0, pos)
+                    if pos < 0:
+                        break
+                    newlines += 1
+                    if newlines == lines:
+                        return int(offset + pos + 1)
+                before = offset
+
+    async def list_artifacts(self, job_id: str) -> list[job_pb2.Artifact]:
+        rows = await self._r.execute_fetchall(
+            "SELECT body FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)
+        )
+        return [job_pb2.Artifact.FromString(body) for (body,) in rows]
+
+    async def list_agents(self, after_name: str, limit: int) -> list[StoredAgent]:
+        rows = await self._r.execute_fetchall(
+            "SELECT last_heartbeat, body FROM agents WHERE name > ? ORDER BY name LIMIT ?",
+            (after_name, limit),
+        )
+        return [_agent_from_row(r) for r in rows]
+
+    async def get_agent(self, agent_id: str) -> StoredAgent | None:
+        rows = await self._r.execute_fetchall(
+            "SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,)
+        )
+        return _agent_from_row(next(iter(rows))) if rows else None
