@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -36,6 +37,12 @@ SHUTDOWN = "agent shutting down"
 LOST = "lease lost"
 FENCED = "fenced"
 _SILENT = {LOST, FENCED}
+
+
+def _safe_name(job_id: str) -> str:
+    """A job id made safe as a directory name (ids are opaque: never trust them as paths)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id).lstrip(".")
+    return name or "job"
 
 
 def spec_problem(spec: job_pb2.JobSpec) -> str | None:
@@ -82,7 +89,9 @@ class Attempt:
         self._config = config
         self._job = assignment.job
         self.key = AttemptKey(assignment.job.id, assignment.attempt, assignment.lease_token)
-        self._workdir = work_root / f"{self.key.job_id}-{self.key.attempt}"
+        self._workdir = work_root / f"{_safe_name(self.key.job_id)}-{self.key.attempt}"
+        self._completed = False
+        self._exit_code: int | None = None
         self._stop_reason: str | None = None
         self._process: Process | None = None
         self._shipper: LogShipper | None = None
@@ -125,8 +134,10 @@ class Attempt:
             logger.info("attempt %s/%s: no longer ours (%s)", *self._ids(), error)
         except grpc.RpcError as error:
             logger.error("attempt %s/%s: server error %s", *self._ids(), error)
-        except Exception:
+            await self._fail_quietly(f"agent error: {error.details()}")
+        except Exception as error:
             logger.exception("attempt %s/%s: agent error", *self._ids())
+            await self._fail_quietly(f"agent error: {error}")
         finally:
             await self._clean_up()
 
@@ -158,6 +169,15 @@ class Attempt:
             )
         state, message = outcome(result, timeout)
         await self._complete(state, message, result.exit_code)
+
+    async def _fail_quietly(self, message: str) -> None:
+        """Best effort to finish the attempt after an unexpected error, so it is not stuck."""
+        if self._completed or self._stop_reason in _SILENT:
+            return
+        try:
+            await self._complete(job_pb2.JOB_STATE_FAILED, message, self._exit_code)
+        except Exception as error:
+            logger.warning("attempt %s/%s: cannot report failure: %s", *self._ids(), error)
 
     def _prepare(self, spec: job_pb2.JobSpec) -> None:
         if self._workdir.exists():
@@ -203,6 +223,7 @@ class Attempt:
         if self._stop_reason is not None:  # stopped while the process was starting
             self._stop(self._stop_reason, 0.0)
         result = await self._process.wait()
+        self._exit_code = result.exit_code
         if self._stop_reason not in _SILENT:
             await shipper.close()
         return result
@@ -240,6 +261,7 @@ class Attempt:
             lambda: self._stub.CompleteJob(request, timeout=timeout),
             what=f"{self.key.job_id}/{self.key.attempt} complete",
         )
+        self._completed = True
         logger.info(
             "attempt %s/%s: %s (%s)%s",
             *self._ids(),

@@ -116,7 +116,11 @@ def resolve_outputs(workdir: Path, patterns: Iterable[str]) -> list[str]:
     names: set[str] = set()
     for pattern in patterns:
         check_relative(pattern)
-        for match in root.glob(pattern):
+        try:
+            matches = list(root.glob(pattern))
+        except ValueError as error:  # e.g. "a**": ** must be a whole component
+            raise InvalidPathError(f"bad output pattern {pattern!r}: {error}") from error
+        for match in matches:
             if not match.is_file() or not match.resolve().is_relative_to(root):
                 continue
             names.add(match.relative_to(root).as_posix())
