@@ -1,0 +1,223 @@
+"""The store contract, run against every implementation (SQLite now; PostgreSQL joins later)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gaffer.domain import OutOfRange, new_job_id
+from gaffer.store import JobQuery, Notifier, SqliteStore, Store, StoredJob, job_topic
+from gaffer.v1 import job_pb2
+
+S = job_pb2.JobState
+OUT, ERR = job_pb2.LOG_STREAM_STDOUT, job_pb2.LOG_STREAM_STDERR
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    notifier = Notifier()
+    impl = SqliteStore(tmp_path / "data", notifier)
+    await impl.open()
+    yield impl
+    await impl.close()
+
+
+def make_job(
+    *,
+    labels: dict[str, str] | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    created: float = 1000.0,
+    request_id: str = "",
+) -> StoredJob:
+    job = job_pb2.Job(id=new_job_id(), state=S.JOB_STATE_PENDING, request_id=request_id)
+    job.spec.exec.argv.append("true")
+    job.spec.labels.update(labels or {})
+    job.spec.queue = queue
+    job.spec.priority = priority
+    job.create_time.FromNanoseconds(int(created * 1e9))
+    return StoredJob(job=job, tenant="t1")
+
+
+async def insert(store: Store, *jobs: StoredJob) -> list[StoredJob]:
+    async with store.transaction() as tx:
+        return [await tx.insert_job(j) for j in jobs]
+
+
+async def test_job_round_trips_with_spec_and_history(store: Store) -> None:
+    stored = make_job(labels={"team": "a"})
+    stored.job.history.add(state=S.JOB_STATE_PENDING, message="submitted")
+    [saved] = await insert(store, stored)
+    loaded = await store.get_job(saved.job.id)
+    assert loaded is not None
+    assert loaded.job == stored.job
+    assert loaded.tenant == "t1"
+    assert await store.get_job("j_missing") is None
+
+
+async def test_request_id_is_unique_per_tenant(store: Store) -> None:
+    await insert(store, make_job(request_id="r1"))
+    async with store.transaction() as tx:
+        found = await tx.find_request("t1", "r1")
+        assert found is not None
+        assert await tx.find_request("t2", "r1") is None
+    with pytest.raises(Exception):  # noqa: B017 - each store raises its own integrity error
+        await insert(store, make_job(request_id="r1"))
+    # The failed transaction left nothing behind.
+    assert (
+        len(await store.list_jobs("t1", JobQuery(), newest_first=True, after_seq=0, limit=10)) == 1
+    )
+
+
+async def test_list_pages_by_cursor_and_filters(store: Store) -> None:
+    jobs = await insert(
+        store,
+        *[
+            make_job(labels={"n": str(i % 3)}, queue="q" if i % 2 else "default", created=1000 + i)
+            for i in range(10)
+        ],
+    )
+    page1 = await store.list_jobs("t1", JobQuery(), newest_first=True, after_seq=0, limit=4)
+    page2 = await store.list_jobs(
+        "t1", JobQuery(), newest_first=True, after_seq=page1[-1].seq, limit=4
+    )
+    assert [j.job.id for j in page1 + page2] == [j.job.id for j in reversed(jobs)][:8]
+    oldest = await store.list_jobs("t1", JobQuery(), newest_first=False, after_seq=0, limit=3)
+    assert [j.job.id for j in oldest] == [j.job.id for j in jobs[:3]]
+
+    def ids(rows: list[StoredJob]) -> set[str]:
+        return {r.job.id for r in rows}
+
+    async def query(q: JobQuery) -> set[str]:
+        return ids(await store.list_jobs("t1", q, newest_first=True, after_seq=0, limit=100))
+
+    assert await query(JobQuery(labels=(("n", "1"),))) == {j.job.id for j in jobs[1::3]}
+    assert await query(JobQuery(exclude_labels=(("n", "1"),))) == ids(jobs) - ids(jobs[1::3])
+    assert await query(JobQuery(queue="q")) == ids(jobs[1::2])
+    assert await query(JobQuery(created_after=1003, created_before=1005)) == ids(jobs[3:5])
+    assert await query(JobQuery(states=(S.JOB_STATE_RUNNING,))) == set()
+    assert await store.list_jobs("other", JobQuery(), newest_first=True, after_seq=0, limit=9) == []
+
+
+async def test_pending_jobs_by_priority_then_age_and_not_before(store: Store) -> None:
+    low, high, later = make_job(priority=0), make_job(priority=5), make_job(priority=9)
+    later.not_before = 2000.0
+    await insert(store, low, high, later, make_job(queue="other"))
+    async with store.transaction() as tx:
+        ready = await tx.pending_jobs(["default"], now=1500.0, limit=10)
+        assert [j.job.id for j in ready] == [high.job.id, low.job.id]
+        ready = await tx.pending_jobs(["default"], now=2500.0, limit=10)
+        assert ready[0].job.id == later.job.id
+
+
+async def test_events_are_sequenced_and_filtered(store: Store) -> None:
+    a, b = await insert(store, make_job(labels={"k": "a"}), make_job(labels={"k": "b"}))
+    async with store.transaction() as tx:
+        seqs = [
+            await tx.append_event(
+                "t1", job_pb2.JobEvent(job_id=j.job.id, state=S.JOB_STATE_PENDING)
+            )
+            for j in (a, b, a)
+        ]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert await store.last_event_seq() == seqs[-1]
+    only_a = await store.read_events("t1", after_seq=0, limit=10, job_id=a.job.id)
+    assert [e.sequence for e in only_a] == [seqs[0], seqs[2]]
+    after = await store.read_events("t1", after_seq=seqs[0], limit=10)
+    assert [e.sequence for e in after] == seqs[1:]
+    labelled = await store.read_events(
+        "t1", after_seq=0, limit=10, query=JobQuery(labels=(("k", "b"),))
+    )
+    assert [e.job_id for e in labelled] == [b.job.id]
+    assert await store.read_events("t2", after_seq=0, limit=10) == []
+
+
+async def test_logs_ignore_resent_bytes_and_refuse_gaps(store: Store) -> None:
+    async with store.transaction() as tx:
+        first = await tx.append_log("j", 1, OUT, 0, b"hello ")
+        again = await tx.append_log("j", 1, OUT, 0, b"hello ")
+        regrouped = await tx.append_log("j", 1, OUT, 3, b"lo world\n")
+        await tx.append_log("j", 1, ERR, 0, b"oops\n")
+    assert first.accepted and not again.accepted and again.duplicate and regrouped.accepted
+    assert regrouped.stdout_size == len(b"hello world\n")
+    with pytest.raises(OutOfRange):
+        async with store.transaction() as tx:
+            await tx.append_log("j", 1, OUT, 100, b"gap")
+    chunks = await store.read_logs("j", 1, {OUT: 0, ERR: 0}, 1 << 20)
+    assert b"".join(c.data for c in chunks if c.stream == OUT) == b"hello world\n"
+    assert b"".join(c.data for c in chunks if c.stream == ERR) == b"oops\n"
+    from_middle = await store.read_logs("j", 1, {OUT: 8}, 1 << 20)
+    assert [(c.offset, c.data) for c in from_middle] == [(8, b"rld\n")]
+    assert await store.log_sizes("j", 1) == {OUT: 12, ERR: 5}
+    assert await store.read_logs("j", 2, {OUT: 0}, 1 << 20) == []
+
+
+async def test_tail_offset_counts_lines_across_chunks(store: Store) -> None:
+    text = b"".join(f"line {i}\n".encode() for i in range(1, 11))
+    async with store.transaction() as tx:
+        for start in range(0, len(text), 7):
+            await tx.append_log("j", 1, OUT, start, text[start : start + 7])
+    offset = await store.tail_offset("j", 1, OUT, 3)
+    assert text[offset:] == b"line 8\nline 9\nline 10\n"
+    assert await store.tail_offset("j", 1, OUT, 100) == 0
+    assert await store.tail_offset("j", 1, ERR, 3) == 0
+
+
+async def test_leases_renew_and_lapse(store: Store) -> None:
+    [held] = await insert(store, make_job())
+    held.job.state = S.JOB_STATE_RUNNING
+    held.job.agent_id = "a1"
+    held.lease_token, held.lease_expires = "tok", 100.0
+    async with store.transaction() as tx:
+        await tx.update_job(held)
+        assert [j.job.id for j in await tx.jobs_of_agent("a1")] == [held.job.id]
+        assert [j.job.id for j in await tx.lapsed_jobs(150.0, 10)] == [held.job.id]
+        await tx.renew_leases("a1", 200.0)
+        assert await tx.lapsed_jobs(150.0, 10) == []
+
+
+async def test_failed_transaction_changes_nothing_and_publishes_nothing(tmp_path: Path) -> None:
+    notifier = Notifier()
+    store = SqliteStore(tmp_path / "d", notifier)
+    await store.open()
+    try:
+        with notifier.subscribe(job_topic("x")) as sub:
+            with pytest.raises(RuntimeError):
+                async with store.transaction() as tx:
+                    await tx.insert_job(make_job())
+                    tx.topics.add(job_topic("x"))
+                    raise RuntimeError("boom")
+            assert not await sub.wait(0)
+            assert (
+                await store.list_jobs("t1", JobQuery(), newest_first=True, after_seq=0, limit=5)
+                == []
+            )
+            async with store.transaction() as tx:
+                tx.topics.add(job_topic("x"))
+            assert await sub.wait(1.0)
+    finally:
+        await store.close()
+
+
+async def test_reopen_keeps_everything(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "d", Notifier())
+    await store.open()
+    [job] = await insert(store, make_job())
+    await store.close()
+    reopened = SqliteStore(tmp_path / "d", Notifier())
+    await reopened.open()  # migrations already applied: a no-op
+    try:
+        assert await reopened.get_job(job.job.id) is not None
+    finally:
+        await reopened.close()
+
+
+async def test_concurrent_transactions_stay_whole(store: Store) -> None:
+    results = await asyncio.gather(*(insert(store, make_job(), make_job()) for _ in range(20)))
+    seqs = sorted(r.seq for pair in results for r in pair)
+    assert len(set(seqs)) == 40
+    # Each transaction's two jobs got neighbouring sequence numbers: nothing interleaved.
+    assert all(b.seq == a.seq + 1 for a, b in results)
