@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 
 from gaffer.cli import _job_cmds, _server_cmds, _stream_cmds
-from gaffer.cli._args import EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE
+from gaffer.cli._args import EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, UsageError
 from gaffer.client import Client, GafferError, InvalidArgumentError
 
 __all__ = ["build_parser", "main"]
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             return asyncio.run(_run_client_command(args))
         code: int = args.main(args)
         return code
-    except _job_cmds.UsageError as error:
+    except UsageError as error:
         _print_error(str(error))
         return EXIT_USAGE
     except InvalidArgumentError as error:
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             print(f"  {violation}", file=sys.stderr)
         return EXIT_USAGE
     except GafferError as error:
+        _print_error(str(error))
+        return EXIT_FAILED
+    except OSError as error:  # e.g. a data dir that cannot be created
         _print_error(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:

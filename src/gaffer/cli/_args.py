@@ -18,6 +18,11 @@ exit status when waiting: the job's own exit code (0 for COMPLETED); 1 for a job
 without one (timeout, lost lease); 128+N for a job killed by signal N; 130 for CANCELED;
 124 when --timeout passed first; 2 for bad usage or an invalid spec; 1 for other errors."""
 
+
+class UsageError(Exception):
+    """A mistake in the command line found after parsing (exit status 2)."""
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 

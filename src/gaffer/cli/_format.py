@@ -37,7 +37,8 @@ def age(when: datetime | None, now: datetime | None = None) -> str:
     """A short age like ``42s``, ``5m``, ``3h`` or ``2d``."""
     if when is None:
         return "-"
-    return short_duration((now or datetime.now(UTC)) - when)
+    delta = (now or datetime.now(UTC)) - when
+    return "0s" if delta < timedelta(seconds=1) else short_duration(delta)
 
 
 def short_duration(delta: timedelta | None) -> str:

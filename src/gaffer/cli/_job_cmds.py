@@ -10,6 +10,7 @@ from pathlib import Path
 from gaffer.cli._args import (
     EXIT_CODES_HELP,
     EXIT_TIMEOUT,
+    UsageError,
     duration,
     exit_status,
     exit_status_of,
@@ -28,10 +29,6 @@ from gaffer.cli._format import (
     to_json,
 )
 from gaffer.client import Client, Job, JobState, JobTimeoutError, LogStream
-
-
-class UsageError(Exception):
-    """A mistake in the command line found after parsing (exit status 2)."""
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import signal
 import socket
-import sys
 from pathlib import Path
 
-from gaffer.cli._args import key_value, pairs_to_dict, positive_int
+from gaffer.cli._args import UsageError, key_value, pairs_to_dict, positive_int
 from gaffer.cli._format import agents_table, to_json
-from gaffer.client import Client
+from gaffer.client import Client, GafferError
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -61,7 +60,10 @@ def server(args: argparse.Namespace) -> int:
     from gaffer.server import ServerConfig, run_server
 
     config = ServerConfig(listen=args.listen, data_dir=args.data_dir, insecure=args.insecure)
-    asyncio.run(run_server(config, on_ready=_print_listening))
+    try:
+        asyncio.run(run_server(config, on_ready=_print_listening))
+    except ValueError as error:  # the listen address was refused
+        raise UsageError(str(error)) from error
     return 0
 
 
@@ -107,44 +109,36 @@ def _next_steps(address: str) -> str:
 
 
 def dev(args: argparse.Namespace) -> int:
-    """``gaffer dev``: a server and one agent, one event loop, until Ctrl-C."""
+    """``gaffer dev``: a server and one agent on one event loop, until SIGINT or SIGTERM."""
     from gaffer.agent import AgentConfig, run_agent
-    from gaffer.server import ServerConfig, run_server
+    from gaffer.server import ServerConfig, start_server
 
     async def main() -> None:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        def on_ready(address: str) -> None:
-            _print_listening(address)
-            if not ready.done():
-                ready.set_result(address)
-
-        config = ServerConfig(listen=args.listen, data_dir=args.data_dir)
-        server_task = asyncio.create_task(run_server(config, on_ready=on_ready))
-        done, _ = await asyncio.wait({server_task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if server_task in done:
-            server_task.result()  # it failed to start: raise why
-            return
-        address = ready.result()
+        try:
+            running = await start_server(ServerConfig(listen=args.listen, data_dir=args.data_dir))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        _print_listening(running.address)
         stop = asyncio.Event()
+        _stop_on_signals(stop)
         agent_config = AgentConfig(
-            server=address, name=f"dev-{socket.gethostname()}", slots=args.slots
+            server=running.address, name=f"dev-{socket.gethostname()}", slots=args.slots
         )
         agent_task = asyncio.create_task(run_agent(agent_config, stop=stop))
-        print(_next_steps(address), flush=True)
-        # The server handles SIGINT/SIGTERM itself; when it stops, the agent stops too.
+        stopping = asyncio.create_task(stop.wait())
+        print(_next_steps(running.address), flush=True)
         try:
-            await asyncio.wait({server_task, agent_task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({agent_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # The agent first, so it can still report to the server as it stops.
             stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(agent_task, timeout=10)
-            if not server_task.done():
-                server_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await server_task
-            if agent_task.done() and not agent_task.cancelled() and agent_task.exception():
-                print(f"gaffer: agent stopped: {agent_task.exception()}", file=sys.stderr)
+            _, pending = await asyncio.wait({agent_task}, timeout=agent_config.stop_grace + 5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(agent_task, stopping, return_exceptions=True)
+            await running.stop()
+        if not agent_task.cancelled() and agent_task.exception() is not None:
+            raise GafferError(f"agent stopped: {agent_task.exception()}")
 
     asyncio.run(main())
     return 0

@@ -58,7 +58,7 @@ class CallRetry:
         multiplier: Growth of the delay after each try.
     """
 
-    max_attempts: int = 6
+    max_attempts: int = 8
     initial_backoff: float = 0.1
     max_backoff: float = 3.0
     multiplier: float = 2.0

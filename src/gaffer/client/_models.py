@@ -36,7 +36,13 @@ __all__ = [
 
 
 class _ParsableEnum(enum.IntEnum):
-    """An IntEnum mirroring a proto enum whose values share a prefix."""
+    """An IntEnum mirroring a proto enum; prints as its name (``RUNNING``), not its number."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
 
     @classmethod
     def parse(cls, value: str | int) -> Any:
