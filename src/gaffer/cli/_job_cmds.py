@@ -170,7 +170,16 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     if args.follow:
         if sys.stderr.isatty():
             print(f"gaffer: following job {handle.id}", file=sys.stderr, flush=True)
-        return await follow_output(client, handle.id)
+        try:
+            return await follow_output(client, handle.id)
+        except asyncio.CancelledError:  # Ctrl-C: say the job itself goes on
+            print(
+                f"\ngaffer: stopped following; job {handle.id} keeps running "
+                f"(gaffer cancel {handle.id})",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
     if not args.wait:
         assert handle.job is not None
         print(to_json(handle.job.raw) if args.json else handle.id, flush=True)
