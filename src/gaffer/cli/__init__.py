@@ -20,6 +20,7 @@ from gaffer.client import Client, GafferError, InvalidArgumentError
 __all__ = ["build_parser", "main"]
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def build_parser(default_server: str = DEFAULT_SERVER) -> argparse.ArgumentParser:
@@ -96,11 +97,12 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     except GafferError as error:
         _print_error(str(error))
         return EXIT_FAILED
+    except BrokenPipeError:  # `gaffer logs ID | head`: the reader left; leave quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as error:  # e.g. a data dir that cannot be created
         _print_error(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_CANCELED
-    except BrokenPipeError:  # `gaffer logs ID | head`
-        sys.stderr.close()
-        return EXIT_FAILED
