@@ -81,6 +81,7 @@ class _Agent:
         self._attempts: dict[tuple[str, int], Attempt] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
+        self._claimed = asyncio.Event()
         self._unknown_cancels: dict[tuple[str, int], None] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,29 +162,29 @@ class _Agent:
                 await self._register()
 
     async def _heartbeat_loop(self) -> None:
+        """Long polls Heartbeat back to back; restarts the poll when an attempt was claimed.
+
+        The restart tells the server about the new attempt at once, so a cancel of it wakes
+        the poll instead of waiting for the next one.
+        """
         backoff = Backoff()
         while True:
             generation = self._generation
             interval = self._heartbeat_interval
-            request = agent_service_pb2.HeartbeatRequest(
-                agent_id=self._agent_id,
-                running=[
-                    agent_service_pb2.AttemptRef(job_id=job_id, attempt=attempt)
-                    for job_id, attempt in self._attempts
-                ],
-                wait=_duration(interval),
-                canceling=[
-                    agent_service_pb2.AttemptRef(job_id=job_id, attempt=attempt_no)
-                    for (job_id, attempt_no), attempt in self._attempts.items()
-                    if attempt.stopping
-                ]
-                + [
-                    agent_service_pb2.AttemptRef(job_id=job_id, attempt=attempt_no)
-                    for job_id, attempt_no in self._unknown_cancels
-                ],
-            )
+            request = self._heartbeat_request(interval)
+            self._claimed.clear()
+            call = asyncio.create_task(self._heartbeat(request, interval + _POLL_SLACK))
+            claimed = asyncio.create_task(self._claimed.wait())
             try:
-                response = await self._stub.Heartbeat(request, timeout=interval + _POLL_SLACK)
+                await asyncio.wait({call, claimed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                claimed.cancel()
+                if not call.done():
+                    await _cancel(call)
+            if call.cancelled():
+                continue
+            try:
+                response = call.result()
             except grpc.RpcError as error:
                 if code_of(error) == grpc.StatusCode.NOT_FOUND:
                     await self._reregister(generation)
@@ -193,6 +194,26 @@ class _Agent:
                 continue
             backoff.reset()
             self._on_heartbeat(response)
+
+    async def _heartbeat(
+        self, request: agent_service_pb2.HeartbeatRequest, deadline: float
+    ) -> agent_service_pb2.HeartbeatResponse:
+        response: agent_service_pb2.HeartbeatResponse = await self._stub.Heartbeat(
+            request, timeout=deadline
+        )
+        return response
+
+    def _heartbeat_request(self, interval: float) -> agent_service_pb2.HeartbeatRequest:
+        def ref(key: tuple[str, int]) -> agent_service_pb2.AttemptRef:
+            return agent_service_pb2.AttemptRef(job_id=key[0], attempt=key[1])
+
+        stopping = [key for key, attempt in self._attempts.items() if attempt.stopping]
+        return agent_service_pb2.HeartbeatRequest(
+            agent_id=self._agent_id,
+            running=[ref(key) for key in self._attempts],
+            wait=_duration(interval),
+            canceling=[ref(key) for key in [*stopping, *self._unknown_cancels]],
+        )
 
     def _on_heartbeat(self, response: agent_service_pb2.HeartbeatResponse) -> None:
         for order in response.cancel:
@@ -250,6 +271,7 @@ class _Agent:
         task = asyncio.create_task(attempt.run(), name=f"attempt {key[0]}/{key[1]}")
         self._attempts[key] = attempt
         self._tasks[key] = task
+        self._claimed.set()
 
         def finished(_: asyncio.Task[None]) -> None:
             self._attempts.pop(key, None)
@@ -282,7 +304,7 @@ async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -
     return False
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancels ``task`` and waits for it, without swallowing a cancellation of our own."""
     task.cancel()
     try:
