@@ -35,7 +35,10 @@ def wait_until(
 
 
 async def wait_until_async(
-    condition: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02,
+    condition: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
     what: str = "",
 ) -> T:
     """The asyncio twin of :func:`wait_until`."""

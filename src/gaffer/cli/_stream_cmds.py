@@ -10,7 +10,6 @@ from gaffer.cli._format import event_line, to_json_line
 from gaffer.client import Client, LogStream
 
 # How long an events stream may stay quiet before `events` without -f counts history as sent.
-IDLE_END = 0.5
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -53,8 +52,7 @@ async def events(args: argparse.Namespace, client: Client) -> int:
     async for event in client.events(
         args.job_id,
         after_sequence=args.after,
-        keepalive_interval=None if args.follow else IDLE_END,
-        stop_when_idle=not args.follow,
+        follow=args.follow,
     ):
         print(to_json_line(event.raw) if args.json else event_line(event), flush=True)
     return 0

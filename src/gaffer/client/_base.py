@@ -164,6 +164,7 @@ class ClientBase:
         exclude_labels: Mapping[str, str] | None,
         queue: str | None,
         keepalive_interval: Seconds | None,
+        follow: bool = True,
     ) -> job_service_pb2.StreamJobEventsRequest:
         request = job_service_pb2.StreamJobEventsRequest(
             job_id=job_id or "",
@@ -172,6 +173,7 @@ class ClientBase:
             ),
             after_sequence=after_sequence,
             from_now=from_now,
+            history_only=not follow,
         )
         if keepalive_interval is not None:
             request.keepalive_interval.CopyFrom(duration_to_proto(keepalive_interval))

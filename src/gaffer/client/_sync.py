@@ -350,7 +350,7 @@ class SyncClient(ClientBase):
         exclude_labels: Mapping[str, str] | None = None,
         queue: str | None = None,
         keepalive_interval: Seconds | None = None,
-        stop_when_idle: bool = False,
+        follow: bool = True,
     ) -> Iterator[JobEvent]:
         """Events, history first then live; for one job the iteration ends after its last.
 
@@ -363,8 +363,8 @@ class SyncClient(ClientBase):
             from_now: Skip history and start with new events.
             states, labels, exclude_labels, queue: With no ``job_id``: which jobs.
             keepalive_interval: How often the server sends keepalives on an idle stream.
-            stop_when_idle: End at the first keepalive: the history was sent and nothing
-                new happened for ``keepalive_interval`` (history only, not following).
+            follow: Keep the stream open for live events; False ends after the stored
+                ones.
 
         Returns:
             An iterator of events.
@@ -382,6 +382,7 @@ class SyncClient(ClientBase):
                 exclude_labels=exclude_labels,
                 queue=queue,
                 keepalive_interval=keepalive_interval,
+                follow=follow,
             )
         )
         delays = self._call_retry.delays()
@@ -390,8 +391,6 @@ class SyncClient(ClientBase):
             try:
                 for frame in call:
                     if frame.WhichOneof("frame") != "event":
-                        if stop_when_idle:
-                            return
                         continue
                     delays = self._call_retry.delays()
                     if cursor.accept(frame.event):

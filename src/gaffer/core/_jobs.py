@@ -192,6 +192,7 @@ class Jobs:
         after_sequence: int,
         from_now: bool,
         keepalive: float,
+        history_only: bool = False,
     ) -> AsyncIterator[job_pb2.JobEvent | None]:
         """History then live events; None marks an idle interval (a keepalive is due).
 
@@ -240,8 +241,8 @@ class Jobs:
                         return
                 if batch:
                     continue
-                if finished_before_read:
-                    return  # the cursor was already past the final event
+                if finished_before_read or history_only:
+                    return  # all stored events were sent (or the cursor was past the final one)
                 if not await sub.wait(keepalive):
                     yield None
 

@@ -110,6 +110,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             after_sequence=request.after_sequence,
             from_now=request.from_now,
             keepalive=keepalive,
+            history_only=request.history_only,
         ):
             if event is None:
                 yield pb.StreamJobEventsResponse(keepalive=job_pb2.Keepalive(time=now_timestamp()))

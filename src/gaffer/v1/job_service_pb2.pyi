@@ -132,18 +132,20 @@ class WaitJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class StreamJobEventsRequest(_message.Message):
-    __slots__ = ("job_id", "filter", "after_sequence", "from_now", "keepalive_interval")
+    __slots__ = ("job_id", "filter", "after_sequence", "from_now", "keepalive_interval", "history_only")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     FROM_NOW_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ONLY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     filter: JobFilter
     after_sequence: int
     from_now: bool
     keepalive_interval: _duration_pb2.Duration
-    def __init__(self, job_id: _Optional[str] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., from_now: _Optional[bool] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    history_only: bool
+    def __init__(self, job_id: _Optional[str] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., from_now: _Optional[bool] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., history_only: _Optional[bool] = ...) -> None: ...
 
 class StreamJobEventsResponse(_message.Message):
     __slots__ = ("event", "keepalive")
