@@ -1,14 +1,15 @@
-"""Error mapping and retries, against a real in-process grpc.aio server that only fails.
+"""Error mapping and retries, against a scripted peer served by pytest-grpc.
 
 The server here is not Gaffer's: it answers each RPC with a scripted rich status, so the
 client's mapping of codes and details (ErrorInfo, BadRequest) and its UNAVAILABLE retries can
-be checked for both the async and the sync client.
+be checked for both the async and the sync client. pytest-grpc hosts it on a synchronous
+``grpc.server`` (its fixtures ``grpc_add_to_server``, ``grpc_servicer``, ``grpc_server`` and
+``grpc_addr``), which is exactly what a stand-in peer needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -53,6 +54,9 @@ class FailingJobs(job_service_pb2_grpc.JobServiceServicer):
     """Answers with rich errors; ListJobs is UNAVAILABLE ``unavailable`` times, then works."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.unavailable = 0
         self.calls: dict[str, int] = {}
         self.request_ids: list[str] = []
@@ -60,17 +64,17 @@ class FailingJobs(job_service_pb2_grpc.JobServiceServicer):
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
 
-    async def GetJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def GetJob(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._count("GetJob")
-        await context.abort_with_status(
+        context.abort_with_status(
             _status(code_pb2.NOT_FOUND, f"job {request.job_id} not found", _info("JOB_NOT_FOUND"))
         )
 
-    async def SubmitJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def SubmitJob(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._count("SubmitJob")
         self.request_ids.append(request.request_id)
         if self.calls["SubmitJob"] == 1:
-            await context.abort_with_status(_status(code_pb2.UNAVAILABLE, "restarting"))
+            context.abort_with_status(_status(code_pb2.UNAVAILABLE, "restarting"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
@@ -81,42 +85,53 @@ class FailingJobs(job_service_pb2_grpc.JobServiceServicer):
                 ),
             ]
         )
-        await context.abort_with_status(
+        context.abort_with_status(
             _status(code_pb2.INVALID_ARGUMENT, "invalid spec", _info("INVALID_SPEC"), bad)
         )
 
-    async def CancelJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def CancelJob(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._count("CancelJob")
-        await context.abort_with_status(
+        context.abort_with_status(
             _status(code_pb2.FAILED_PRECONDITION, "job is finished", _info("JOB_FINISHED"))
         )
 
-    async def ListJobs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def ListJobs(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._count("ListJobs")
         if self.calls["ListJobs"] <= self.unavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
         return job_service_pb2.ListJobsResponse()
 
-    async def WaitJob(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def WaitJob(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._count("WaitJob")
         job = job_pb2.Job(id=request.job_id, state=job_pb2.JOB_STATE_RUNNING)
         return job_service_pb2.WaitJobResponse(job=job, finished=False)
 
-    async def StreamLogs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def StreamLogs(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._count("StreamLogs")
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
         yield  # pragma: no cover - makes this a server-streaming handler
 
 
+@pytest.fixture(scope="module")
+def grpc_add_to_server() -> Any:
+    return job_service_pb2_grpc.add_JobServiceServicer_to_server
+
+
+@pytest.fixture(scope="module")
+def grpc_servicer() -> FailingJobs:
+    return FailingJobs()
+
+
+@pytest.fixture(scope="module")
+def grpc_stub_cls() -> Any:
+    return job_service_pb2_grpc.JobServiceStub
+
+
 @pytest.fixture
-async def fake() -> AsyncIterator[tuple[str, FailingJobs]]:
-    server = grpc.aio.server()
-    servicer = FailingJobs()
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}", servicer
-    await server.stop(None)
+def fake(grpc_server: Any, grpc_addr: str, grpc_servicer: FailingJobs) -> tuple[str, FailingJobs]:
+    """The peer's address, and its servicer with fresh counters for this test."""
+    grpc_servicer.reset()
+    return grpc_addr, grpc_servicer
 
 
 async def test_not_found_maps_to_job_not_found_with_reason(fake: tuple[str, FailingJobs]) -> None:

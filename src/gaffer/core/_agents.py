@@ -341,7 +341,12 @@ class Agents:
                 timeout = job.spec.timeout.ToTimedelta().total_seconds()
                 stored.deadline = now + timeout + self._settings.timeout_grace
             await change_state(
-                tx, stored, state, now=now, message=message or S.Name(state), actor=actor
+                tx,
+                stored,
+                state,
+                now=now,
+                message=message or S.Name(state).removeprefix("JOB_STATE_").lower(),
+                actor=actor,
             )
         return job
 
