@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 from gaffer.agent._attempt import Attempt
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import AgentError
-from gaffer.agent._retry import TRANSIENT, Backoff, code_of
+from gaffer.agent._retry import TRANSIENT, Backoff, code_of, describe
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class _Agent:
                 if code_of(error) not in TRANSIENT:
                     raise AgentError(f"cannot register: {error}") from error
                 logger.warning(
-                    "cannot reach %s (%s); retrying", self._config.server, code_of(error)
+                    "cannot reach %s (%s); retrying", self._config.server, describe(error)
                 )
             await backoff.sleep()
         self._agent_id = response.agent_id
@@ -189,7 +189,7 @@ class _Agent:
                 if code_of(error) == grpc.StatusCode.NOT_FOUND:
                     await self._reregister(generation)
                     continue
-                logger.warning("heartbeat failed (%s); retrying", code_of(error))
+                logger.warning("heartbeat failed (%s); retrying", describe(error))
                 await backoff.sleep()
                 continue
             backoff.reset()
@@ -254,7 +254,7 @@ class _Agent:
                 if code_of(error) == grpc.StatusCode.NOT_FOUND:
                     await self._reregister(generation)
                     continue
-                logger.warning("claim failed (%s); retrying", code_of(error))
+                logger.warning("claim failed (%s); retrying", describe(error))
                 await backoff.sleep()
                 continue
             backoff.reset()

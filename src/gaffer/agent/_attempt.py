@@ -16,7 +16,7 @@ from gaffer.agent._artifacts import upload_artifacts
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import Fenced
 from gaffer.agent._logs import AttemptKey, LogShipper
-from gaffer.agent._retry import call_with_retry
+from gaffer.agent._retry import call_with_retry, describe
 from gaffer.agent._runner import (
     InputFile,
     InvalidPathError,
@@ -133,7 +133,7 @@ class Attempt:
         except Fenced as error:
             logger.info("attempt %s/%s: no longer ours (%s)", *self._ids(), error)
         except grpc.RpcError as error:
-            logger.error("attempt %s/%s: server error %s", *self._ids(), error)
+            logger.error("attempt %s/%s: server error %s", *self._ids(), describe(error))
             await self._fail_quietly(f"agent error: {error.details()}")
         except Exception as error:
             logger.exception("attempt %s/%s: agent error", *self._ids())

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import grpc
 
 from gaffer.agent._errors import Fenced
-from gaffer.agent._retry import Backoff, is_fenced
+from gaffer.agent._retry import Backoff, describe, is_fenced
 from gaffer.agent._runner import OutputStream
 from gaffer.v1 import agent_service_pb2, job_pb2
 
@@ -245,7 +245,9 @@ class LogShipper:
         while True:
             if is_fenced(error):
                 raise Fenced(str(error)) from error
-            logger.info("attempt %s/%s: log stream broke (%s); reopening", *self._ids(), error)
+            logger.info(
+                "attempt %s/%s: log stream broke (%s); reopening", *self._ids(), describe(error)
+            )
             if self._call is not None:
                 self._call.cancel()
             self._call = None

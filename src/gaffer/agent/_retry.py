@@ -30,6 +30,15 @@ def code_of(error: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+def describe(error: BaseException) -> str:
+    """A short one-line account of an error, for logs (an AioRpcError's repr spans lines)."""
+    code = code_of(error)
+    if code is None:
+        return repr(error)
+    details = error.details() if hasattr(error, "details") else ""
+    return f"{code.name}: {details}" if details else code.name
+
+
 def is_fenced(error: BaseException) -> bool:
     """FAILED_PRECONDITION (stale attempt) or NOT_FOUND (job unknown, e.g. a fresh store)."""
     return code_of(error) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
@@ -77,5 +86,5 @@ async def call_with_retry(
                 raise Fenced(f"{what}: {error.details()}") from error
             if code_of(error) not in TRANSIENT or loop.time() > deadline:
                 raise
-            logger.info("%s failed (%s); retrying", what, code_of(error))
+            logger.info("%s failed (%s); retrying", what, describe(error))
         await backoff.sleep()
