@@ -151,7 +151,8 @@ async def test_output_is_sent_at_once_without_close() -> None:
     async def sent() -> bool:
         return server.output(job_pb2.LOG_STREAM_STDOUT) == b"no newline"
 
-    await wait_until_async(sent, timeout=0.1, interval=0.005, what="chunk within 100 ms")
+    # Sent after the 20 ms batch window; the bound is loose so a loaded machine does not flake.
+    await wait_until_async(sent, timeout=2.0, interval=0.005, what="chunk sent before close")
     await shipper.close()
 
 
