@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Jobs run by a local agent inherit this PATH and LANG (library code never reads the env).
+    args.job_env = {k: environ[k] for k in ("PATH", "LANG") if k in environ}
     try:
         if hasattr(args, "run"):
             return asyncio.run(_run_client_command(args))

@@ -67,6 +67,14 @@ def server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment jobs start from: the CLI's own PATH and LANG, else the defaults."""
+    from gaffer.agent import AgentConfig
+
+    defaults = dict(AgentConfig(server="", name="").base_env)
+    return {**defaults, **getattr(args, "job_env", {})}
+
+
 def agent(args: argparse.Namespace) -> int:
     """``gaffer agent``: runs jobs until SIGTERM or SIGINT."""
     from gaffer.agent import AgentConfig, run_agent
@@ -78,6 +86,7 @@ def agent(args: argparse.Namespace) -> int:
         labels=pairs_to_dict(args.label),
         queues=tuple(args.queue or ("default",)),
         work_dir=args.work_dir,
+        base_env=_base_env(args),
     )
 
     async def main() -> None:
@@ -122,7 +131,10 @@ def dev(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         agent_config = AgentConfig(
-            server=running.address, name=f"dev-{socket.gethostname()}", slots=args.slots
+            server=running.address,
+            name=f"dev-{socket.gethostname()}",
+            slots=args.slots,
+            base_env=_base_env(args),
         )
         agent_task = asyncio.create_task(run_agent(agent_config, stop=stop))
         stopping = asyncio.create_task(stop.wait())

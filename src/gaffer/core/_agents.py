@@ -256,20 +256,13 @@ class Agents:
                     return result
                 sub.clear()
                 if await sub.wait(remaining):
-                    held = [
-                        s
-                        for s in [await self._store.get_job(job_id) for job_id, _ in held_refs]
-                        if s is not None
-                        and s.job.agent_id == agent_id
-                        and s.job.state in ACTIVE_STATES
-                    ]
-                    stored_agent2 = await self._store.get_agent(agent_id)
-                    if stored_agent2 is not None:
-                        result.draining = (
-                            stored_agent2.agent.state == agent_pb2.AGENT_STATE_DRAINING
-                        )
-                        if result.draining:
-                            return result
+                    # Re-read: a job claimed during this poll may be the one being cancelled.
+                    async with self._store.transaction() as tx:
+                        held = await tx.jobs_of_agent(agent_id)
+                        current = await self._agent(tx, agent_id)
+                    result.draining = current.agent.state == agent_pb2.AGENT_STATE_DRAINING
+                    if result.draining:
+                        return result
 
     async def _fenced(self, tx: Transaction, fence: Fence) -> StoredJob:
         """The job if ``fence`` names its current attempt; FAILED_PRECONDITION otherwise."""
