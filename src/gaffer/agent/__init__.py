@@ -4,7 +4,7 @@ The CLI builds an :class:`AgentConfig` from its flags and awaits :func:`run_agen
 """
 
 from gaffer.agent._agent import OnRegistered, run_agent
-from gaffer.agent._config import AgentConfig
+from gaffer.agent._config import AgentConfig, default_base_env
 from gaffer.agent._errors import AgentError
 
-__all__ = ["AgentConfig", "AgentError", "OnRegistered", "run_agent"]
+__all__ = ["AgentConfig", "AgentError", "OnRegistered", "default_base_env", "run_agent"]

@@ -10,7 +10,8 @@ from pathlib import Path
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _default_base_env() -> dict[str, str]:
+def default_base_env() -> dict[str, str]:
+    """PATH and LANG for jobs when the entry point has none to pass."""
     return {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
 
 
@@ -48,7 +49,7 @@ class AgentConfig:
     stop_grace: float = 5.0
     rpc_timeout: float = 10.0
     keep_work_dirs: bool = False
-    base_env: Mapping[str, str] = field(default_factory=_default_base_env)
+    base_env: Mapping[str, str] = field(default_factory=default_base_env)
 
     def __post_init__(self) -> None:
         if self.slots < 1:

@@ -69,10 +69,9 @@ def server(args: argparse.Namespace) -> int:
 
 def _base_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment jobs start from: the CLI's own PATH and LANG, else the defaults."""
-    from gaffer.agent import AgentConfig
+    from gaffer.agent import default_base_env
 
-    defaults = dict(AgentConfig(server="", name="").base_env)
-    return {**defaults, **getattr(args, "job_env", {})}
+    return {**default_base_env(), **getattr(args, "job_env", {})}
 
 
 def agent(args: argparse.Namespace) -> int:
