@@ -40,8 +40,8 @@ proto-check: proto
 lint: install
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
 test: install
