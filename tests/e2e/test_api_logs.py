@@ -293,16 +293,13 @@ def test_logs_of_an_earlier_attempt(
     assert beyond.code == grpc.StatusCode.OUT_OF_RANGE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the end frame of an earlier attempt's log carries the latest attempt's "
-    "exit code (0), not that attempt's (1)",
-)
-def test_end_frame_of_an_earlier_attempt_does_not_claim_the_latest_exit_code(
+def test_end_frame_of_an_earlier_attempt_carries_that_attempts_outcome(
     api: Api, retried: tuple[str, list[jpb.StreamLogsResponse]]
 ) -> None:
     job_id, _ = retried
     end = end_of(api.logs(job_id, attempt=1))
     assert end.attempt == 1
-    # Attempt 1 exited 1. Its end frame may leave the exit code out, but must not say 0.
-    assert not end.HasField("exit_code") or end.exit_code == 1, end
+    assert end.state == job_pb2.JOB_STATE_FAILED
+    assert end.HasField("exit_code") and end.exit_code == 1, end
+    latest = end_of(api.logs(job_id, attempt=2))
+    assert latest.exit_code == 0 and latest.attempt == 2

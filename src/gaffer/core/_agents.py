@@ -195,6 +195,7 @@ class Agents:
                 used.gpu += job.spec.resources.gpu
                 job.attempt += 1
                 job.agent_id = agent_id
+                job.ClearField("exit_code")
                 stored.lease_token = new_lease_token()
                 stored.lease_expires = expires
                 stored.not_before = 0.0
@@ -451,6 +452,7 @@ class Agents:
                     now=now,
                     message=f"canceled by {job.canceled_by}",
                     actor=actor,
+                    exit_code=exit_code,
                 )
             elif state == S.JOB_STATE_COMPLETED:
                 await change_state(
@@ -460,6 +462,7 @@ class Agents:
                     now=now,
                     message=message or "completed",
                     actor=actor,
+                    exit_code=exit_code,
                 )
             else:
                 await self._fail_or_retry(
@@ -488,7 +491,6 @@ class Agents:
         if should_retry(job.spec, job.attempt, exit_code, not_retryable=not_retryable):
             delay = next_backoff(job.spec.retry_policy, job.attempt)
             # The token is kept so that a repeated CompleteJob of this attempt stays harmless.
-            job.agent_id = ""
             stored.lease_expires = 0.0
             stored.deadline = 0.0
             stored.not_before = now + delay
@@ -500,11 +502,20 @@ class Agents:
                 message=f"attempt {job.attempt} failed ({message}); retrying"
                 + (f" in {delay:.1f}s" if delay else ""),
                 actor=actor,
+                exit_code=exit_code,
             )
+            job.agent_id = ""  # after the status, which names the agent that failed
+            await tx.update_job(stored)
             tx.topics.add(queue_topic(job.spec.queue))
         else:
             await change_state(
-                tx, stored, S.JOB_STATE_FAILED, now=now, message=message, actor=actor
+                tx,
+                stored,
+                S.JOB_STATE_FAILED,
+                now=now,
+                message=message,
+                actor=actor,
+                exit_code=exit_code,
             )
 
     async def list_agents(self, after_name: str, limit: int) -> list[agent_pb2.Agent]:

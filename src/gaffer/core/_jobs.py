@@ -290,26 +290,43 @@ class Jobs:
                     yield chunk
                 if chunks:
                     continue
-                if request.attempt == 0 and job.attempt > attempt:
-                    attempt = job.attempt  # a retry started: follow the new attempt from its start
-                    offsets = dict.fromkeys(offsets, 0)
-                    continue
-                if is_finished(job.state) or not request.follow:
-                    if is_finished(job.state):
-                        sizes = await self._store.log_sizes(request.job_id, attempt)
-                        end = job_service_pb2.LogEnd(
-                            state=job.state,
-                            message=job.message,
-                            attempt=attempt,
-                            stdout_size=sizes.get(job_pb2.LOG_STREAM_STDOUT, 0),
-                            stderr_size=sizes.get(job_pb2.LOG_STREAM_STDERR, 0),
-                        )
-                        if job.HasField("exit_code"):
-                            end.exit_code = job.exit_code
-                        yield end
+                if job.attempt > attempt:
+                    if request.attempt == 0:
+                        # A retry started: follow the new attempt from its start.
+                        attempt = job.attempt
+                        offsets = dict.fromkeys(offsets, 0)
+                        continue
+                    yield await self._log_end(job, attempt)  # that attempt is over
+                    return
+                if is_finished(job.state):
+                    yield await self._log_end(job, attempt)
+                    return
+                if not request.follow:
                     return
                 if not await sub.wait(request.keepalive):
                     yield None
+
+    async def _log_end(self, job: job_pb2.Job, attempt: int) -> job_service_pb2.LogEnd:
+        """The end frame of an attempt: its own outcome, from the status that recorded it."""
+        sizes = await self._store.log_sizes(job.id, attempt)
+        end = job_service_pb2.LogEnd(
+            attempt=attempt,
+            stdout_size=sizes.get(job_pb2.LOG_STREAM_STDOUT, 0),
+            stderr_size=sizes.get(job_pb2.LOG_STREAM_STDERR, 0),
+        )
+        if attempt == job.attempt:
+            end.state, end.message = job.state, job.message
+            last = job.history[-1] if job.history else None
+            if last is not None and last.HasField("exit_code"):
+                end.exit_code = last.exit_code
+            return end
+        # An earlier attempt: it failed (or lost its lease) and a later one superseded it.
+        ended = [s for s in job.history if s.attempt == attempt and s.state == S.JOB_STATE_PENDING]
+        end.state = S.JOB_STATE_FAILED
+        end.message = ended[-1].message if ended else f"attempt {attempt} was superseded"
+        if ended and ended[-1].HasField("exit_code"):
+            end.exit_code = ended[-1].exit_code
+        return end
 
     async def artifacts(self, caller: Caller, job_id: str) -> list[job_pb2.Artifact]:
         await self._get(caller, job_id)

@@ -23,6 +23,7 @@ async def record_event(
     now: float,
     message: str,
     actor: str,
+    exit_code: int | None = None,
 ) -> job_pb2.JobEvent:
     """Appends an event about the job as it is now, and marks its topics for publishing."""
     job = stored.job
@@ -36,8 +37,8 @@ async def record_event(
         message=message,
         actor=actor,
     )
-    if job.HasField("exit_code") and is_finished(job.state):
-        event.exit_code = job.exit_code
+    if exit_code is not None:
+        event.exit_code = exit_code
     event.sequence = await tx.append_event(stored.tenant, event)
     tx.topics.add(job_topic(job.id))
     tx.topics.add(EVENTS_TOPIC)
@@ -53,26 +54,33 @@ async def change_state(
     message: str,
     actor: str,
     event_type: int = job_pb2.JOB_EVENT_TYPE_STATE_CHANGED,
+    exit_code: int | None = None,
 ) -> job_pb2.JobEvent:
-    """Moves the job to ``state``: appends a status, stamps times, writes it, records an event."""
+    """Moves the job to ``state``: appends a status, stamps times, writes it, records an event.
+
+    ``exit_code`` is given when this change records the end of the attempt's process.
+    """
     job = stored.job
     job.state = state  # type: ignore[assignment]
     job.message = message
     job.update_time.CopyFrom(timestamp(now))
-    job.history.append(
-        job_pb2.JobStatus(
-            state=state,  # type: ignore[arg-type]
-            time=timestamp(now),
-            message=message,
-            agent_id=job.agent_id,
-            attempt=job.attempt,
-            actor=actor,
-        )
+    status = job_pb2.JobStatus(
+        state=state,  # type: ignore[arg-type]
+        time=timestamp(now),
+        message=message,
+        agent_id=job.agent_id,
+        attempt=job.attempt,
+        actor=actor,
     )
+    if exit_code is not None:
+        status.exit_code = exit_code
+    job.history.append(status)
     if is_finished(state):
         job.finish_time.CopyFrom(timestamp(now))
         job.cancel_requested = False
         stored.lease_expires = 0.0
         stored.deadline = 0.0
     await tx.update_job(stored)
-    return await record_event(tx, stored, event_type, now=now, message=message, actor=actor)
+    return await record_event(
+        tx, stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
+    )

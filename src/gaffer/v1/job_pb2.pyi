@@ -144,20 +144,22 @@ class JobSpec(_message.Message):
     def __init__(self, exec: _Optional[_Union[ExecExecutor, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("state", "time", "message", "agent_id", "attempt", "actor")
+    __slots__ = ("state", "time", "message", "agent_id", "attempt", "actor", "exit_code")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     time: _timestamp_pb2.Timestamp
     message: str
     agent_id: str
     attempt: int
     actor: str
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., agent_id: _Optional[str] = ..., attempt: _Optional[int] = ..., actor: _Optional[str] = ...) -> None: ...
+    exit_code: int
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., agent_id: _Optional[str] = ..., attempt: _Optional[int] = ..., actor: _Optional[str] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class JobTimings(_message.Message):
     __slots__ = ("queued", "validating", "running", "uploading", "total")
