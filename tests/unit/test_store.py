@@ -179,6 +179,24 @@ async def test_leases_renew_and_lapse(store: Store) -> None:
         assert await tx.lapsed_jobs(150.0, 10) == []
 
 
+async def test_extend_leases_only_moves_earlier_ones(store: Store) -> None:
+    early, late = await insert(store, make_job(), make_job())
+    for stored, expires in ((early, 100.0), (late, 900.0)):
+        stored.job.state = S.JOB_STATE_RUNNING
+        stored.lease_expires = expires
+        stored.deadline = expires
+    async with store.transaction() as tx:
+        await tx.update_job(early)
+        await tx.update_job(late)
+        assert await tx.extend_leases(500.0) == 1
+        assert await tx.lapsed_jobs(499.0, 10) == []
+    moved = await store.get_job(early.job.id)
+    kept = await store.get_job(late.job.id)
+    assert moved is not None and kept is not None
+    assert (moved.lease_expires, moved.deadline) == (500.0, 500.0)
+    assert (kept.lease_expires, kept.deadline) == (900.0, 900.0)
+
+
 async def test_failed_transaction_changes_nothing_and_publishes_nothing(tmp_path: Path) -> None:
     notifier = Notifier()
     store = SqliteStore(tmp_path / "d", notifier)

@@ -412,6 +412,7 @@ class Agents:
         exit_code: int | None,
         message: str,
         not_retryable: bool,
+        result_json: str = "",
     ) -> tuple[bool, job_pb2.Job]:
         """Records the attempt's outcome exactly once; a repeat answers accepted again."""
         limits = self._settings.limits
@@ -419,6 +420,8 @@ class Agents:
             raise InvalidArgument.single("state", "must be COMPLETED or FAILED")
         if len(message) > limits.max_reason_chars:
             raise InvalidArgument.single("message", f"is over {limits.max_reason_chars} characters")
+        if len(result_json.encode()) > limits.max_stdin_bytes:
+            raise InvalidArgument.single("result_json", f"is over {limits.max_stdin_bytes} bytes")
         now = self._now()
         async with self._store.transaction() as tx:
             stored = await tx.get_job(fence.job_id)
@@ -444,6 +447,7 @@ class Agents:
                 job.exit_code = exit_code
             else:
                 job.ClearField("exit_code")
+            job.result_json = result_json
             if job.cancel_requested:
                 await change_state(
                     tx,
@@ -475,6 +479,37 @@ class Agents:
                     not_retryable=not_retryable,
                 )
         return True, job
+
+    async def release(self, fence: Fence, reason: str) -> job_pb2.Job:
+        """Hands an attempt back: queued again at once, not counted as the job's failure."""
+        limits = self._settings.limits
+        if len(reason) > limits.max_reason_chars:
+            raise InvalidArgument.single("reason", f"is over {limits.max_reason_chars} characters")
+        now = self._now()
+        async with self._store.transaction() as tx:
+            stored = await self._fenced(tx, fence)
+            job = stored.job
+            agent = await tx.get_agent(job.agent_id) if job.agent_id else None
+            actor = self.actor(agent.agent if agent else None, job.agent_id)
+            stored.lease_expires = 0.0
+            stored.deadline = 0.0
+            stored.not_before = 0.0
+            if job.cancel_requested:
+                message = f"canceled by {job.canceled_by}"
+                await change_state(
+                    tx, stored, S.JOB_STATE_CANCELED, now=now, message=message, actor=actor
+                )
+                return job
+            message = f"attempt {job.attempt} released by {actor}" + (
+                f": {reason}" if reason else ""
+            )
+            await change_state(
+                tx, stored, S.JOB_STATE_PENDING, now=now, message=message, actor=actor
+            )
+            job.agent_id = ""
+            await tx.update_job(stored)
+            tx.topics.add(queue_topic(job.spec.queue))
+        return job
 
     async def _fail_or_retry(
         self,
@@ -544,6 +579,15 @@ class Agents:
             await tx.put_agent(stored)
             tx.topics.add(agent_topic(agent_id))
         return stored.agent
+
+    async def recover(self) -> int:
+        """At start-up: gives every held lease (and deadline) at least one ttl from now.
+
+        A server that was down longer than a lease must not fail attempts whose agents kept
+        running and are about to reconnect; those that really died lapse one ttl later.
+        """
+        async with self._store.transaction() as tx:
+            return await tx.extend_leases(self._now() + self._settings.lease_ttl)
 
     async def sweep(self) -> int:
         """Ends or requeues attempts whose lease lapsed or whose deadline passed."""

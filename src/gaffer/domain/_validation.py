@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
@@ -152,6 +153,39 @@ def _check_exec(exec_: job_pb2.ExecExecutor, limits: Limits, out: list[FieldViol
         out.append(FieldViolation("spec.exec.stdin", f"is over {limits.max_stdin_bytes} bytes"))
 
 
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]*$")
+
+
+def _check_function(
+    fn: job_pb2.FunctionExecutor, limits: Limits, out: list[FieldViolation]
+) -> None:
+    if not fn.name:
+        out.append(FieldViolation("spec.function.name", "is required"))
+    elif len(fn.name) > limits.max_queue_chars * 2 or not _FUNCTION_NAME.match(fn.name):
+        out.append(
+            FieldViolation(
+                "spec.function.name",
+                "must be a name like 'module.task': letters, digits and _.:-",
+            )
+        )
+    if len(fn.args_json.encode()) > limits.max_stdin_bytes:
+        out.append(
+            FieldViolation("spec.function.args_json", f"is over {limits.max_stdin_bytes} bytes")
+        )
+    elif fn.args_json:
+        try:
+            args = json.loads(fn.args_json)
+        except ValueError as exc:
+            out.append(FieldViolation("spec.function.args_json", f"is not JSON: {exc}"))
+        else:
+            if not isinstance(args, (list, dict)):
+                out.append(
+                    FieldViolation(
+                        "spec.function.args_json", "must be an array or an object of arguments"
+                    )
+                )
+
+
 def validate_spec(spec: job_pb2.JobSpec, limits: Limits, field: str = "spec") -> None:
     """Raises InvalidArgument listing every problem of a submitted spec."""
     out: list[FieldViolation] = []
@@ -163,6 +197,8 @@ def validate_spec(spec: job_pb2.JobSpec, limits: Limits, field: str = "spec") ->
         out.append(FieldViolation("spec.exec", "an executor is required"))
     elif executor == "exec":
         _check_exec(spec.exec, limits, out)
+    elif executor == "function":
+        _check_function(spec.function, limits, out)
     check_labels(spec.labels, "spec.labels", limits, out)
     check_labels(spec.node_selector, "spec.node_selector", limits, out)
     if spec.queue and (len(spec.queue) > limits.max_queue_chars or not _QUEUE.match(spec.queue)):

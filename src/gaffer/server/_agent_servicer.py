@@ -138,8 +138,16 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             request.exit_code if request.HasField("exit_code") else None,
             request.message,
             request.not_retryable,
+            request.result_json,
         )
         return pb.CompleteJobResponse(accepted=accepted, job=job)
+
+    @unary
+    async def ReleaseJob(
+        self, request: pb.ReleaseJobRequest, context: Ctx
+    ) -> pb.ReleaseJobResponse:
+        fence = _fence(request.job_id, request.attempt, request.lease_token, self._limits)
+        return pb.ReleaseJobResponse(job=await self._agents.release(fence, request.reason))
 
     @unary
     async def ListAgents(

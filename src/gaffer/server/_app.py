@@ -130,6 +130,9 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     blobs = BlobStore(store.blob_dir)
     jobs = Jobs(store, notifier, blobs, settings)
     agents = Agents(store, notifier, blobs, settings)
+    extended = await agents.recover()
+    if extended:
+        log.info("kept %d held attempts for one lease ttl while their agents reconnect", extended)
 
     server = grpc.aio.server(options=grpc_options(config))
     job_service_pb2_grpc.add_JobServiceServicer_to_server(

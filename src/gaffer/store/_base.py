@@ -125,6 +125,10 @@ class Transaction(abc.ABC):
         """Extends every lease the agent holds."""
 
     @abc.abstractmethod
+    async def extend_leases(self, at_least: float) -> int:
+        """Moves every held lease and deadline earlier than ``at_least`` to it; returns how many."""
+
+    @abc.abstractmethod
     async def lapsed_jobs(self, now: float, limit: int) -> list[StoredJob]:
         """Jobs held under a lease that lapsed, or past their server-side deadline."""
 

@@ -185,6 +185,17 @@ class _SqliteTransaction(Transaction):
             (expires, agent_id),
         )
 
+    async def extend_leases(self, at_least: float) -> int:
+        cursor = await self._conn.execute(
+            "UPDATE jobs SET lease_expires = MAX(lease_expires, ?),"
+            " deadline = CASE WHEN deadline > 0 THEN MAX(deadline, ?) ELSE 0 END"
+            " WHERE state IN (2,3,4,5) AND (lease_expires < ? OR (deadline > 0 AND deadline < ?))",
+            (at_least, at_least, at_least, at_least),
+        )
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
     async def lapsed_jobs(self, now: float, limit: int) -> list[StoredJob]:
         rows = await self._conn.execute_fetchall(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (2,3,4,5) AND"

@@ -242,7 +242,7 @@ class UploadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ...) -> None: ...
 
 class CompleteJobRequest(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "state", "exit_code", "message", "not_retryable")
+    __slots__ = ("job_id", "attempt", "lease_token", "state", "exit_code", "message", "not_retryable", "result_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,7 @@ class CompleteJobRequest(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NOT_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
@@ -257,7 +258,8 @@ class CompleteJobRequest(_message.Message):
     exit_code: int
     message: str
     not_retryable: bool
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ...) -> None: ...
+    result_json: str
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ..., result_json: _Optional[str] = ...) -> None: ...
 
 class CompleteJobResponse(_message.Message):
     __slots__ = ("accepted", "job")
@@ -266,6 +268,24 @@ class CompleteJobResponse(_message.Message):
     accepted: bool
     job: _job_pb2.Job
     def __init__(self, accepted: _Optional[bool] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class ReleaseJobRequest(_message.Message):
+    __slots__ = ("job_id", "attempt", "lease_token", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    attempt: int
+    lease_token: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -72,6 +72,11 @@ class AgentServiceStub:
                 request_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobRequest.SerializeToString,
                 response_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobResponse.FromString,
                 _registered_method=True)
+        self.ReleaseJob = channel.unary_unary(
+                '/gaffer.v1.AgentService/ReleaseJob',
+                request_serializer=gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobRequest.SerializeToString,
+                response_deserializer=gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobResponse.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/gaffer.v1.AgentService/ListAgents',
                 request_serializer=gaffer_dot_v1_dot_agent__service__pb2.ListAgentsRequest.SerializeToString,
@@ -139,6 +144,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseJob(self, request, context):
+        """Hands an attempt back (the agent is stopping): the job is queued again at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAgents(self, request, context):
         """Agents with their capacity and running attempts.
         """
@@ -190,6 +202,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.CompleteJob,
                     request_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobRequest.FromString,
                     response_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobResponse.SerializeToString,
+            ),
+            'ReleaseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseJob,
+                    request_deserializer=gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobRequest.FromString,
+                    response_serializer=gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobResponse.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -394,6 +411,33 @@ class AgentService:
             '/gaffer.v1.AgentService/CompleteJob',
             gaffer_dot_v1_dot_agent__service__pb2.CompleteJobRequest.SerializeToString,
             gaffer_dot_v1_dot_agent__service__pb2.CompleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gaffer.v1.AgentService/ReleaseJob',
+            gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobRequest.SerializeToString,
+            gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13gaffer/v1/job.proto\x12\tgaffer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0c\x45xecExecutor\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12-\n\x03\x65nv\x18\x02 \x03(\x0b\x32 .gaffer.v1.ExecExecutor.EnvEntry\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\tInputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0c\n\x04mode\x18\x03 \x01(\r\"\xc1\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x1c\n\x14retryable_exit_codes\x18\x05 \x03(\x05\";\n\tResources\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0b\n\x03gpu\x18\x03 \x01(\x05\"\xea\x03\n\x07JobSpec\x12\'\n\x04\x65xec\x18\x01 \x01(\x0b\x32\x17.gaffer.v1.ExecExecutorH\x00\x12.\n\x06labels\x18\x02 \x03(\x0b\x32\x1e.gaffer.v1.JobSpec.LabelsEntry\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x0cretry_policy\x18\x06 \x01(\x0b\x32\x16.gaffer.v1.RetryPolicy\x12\'\n\tresources\x18\x07 \x01(\x0b\x32\x14.gaffer.v1.Resources\x12;\n\rnode_selector\x18\x08 \x03(\x0b\x32$.gaffer.v1.JobSpec.NodeSelectorEntry\x12$\n\x06inputs\x18\t \x03(\x0b\x32\x14.gaffer.v1.InputFile\x12\x0f\n\x07outputs\x18\n \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08\x65xecutor\"\xc2\x01\n\tJobStatus\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"\xea\x01\n\nJobTimings\x12)\n\x06queued\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nvalidating\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07running\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tuploading\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd6\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04spec\x18\x02 \x01(\x0b\x32\x12.gaffer.v1.JobSpec\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12%\n\x07history\x18\x04 \x03(\x0b\x32\x14.gaffer.v1.JobStatus\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\t \x01(\t\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x0c \x01(\x08\x12\x13\n\x0b\x63\x61nceled_by\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12&\n\x07timings\x18\x0f \x01(\x0b\x32\x15.gaffer.v1.JobTimingsB\x0c\n\n_exit_code\"\x8a\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12%\n\x04type\x18\x03 \x01(\x0e\x32\x17.gaffer.v1.JobEventType\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05state\x18\x05 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"_\n\x08LogChunk\x12$\n\x06stream\x18\x01 \x01(\x0e\x32\x14.gaffer.v1.LogStream\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"~\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\tKeepalive\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_CLAIMED\x10\x02\x12\x18\n\x14JOB_STATE_VALIDATING\x10\x03\x12\x15\n\x11JOB_STATE_RUNNING\x10\x04\x12\x17\n\x13JOB_STATE_UPLOADING\x10\x05\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x06\x12\x14\n\x10JOB_STATE_FAILED\x10\x07\x12\x16\n\x12JOB_STATE_CANCELED\x10\x08*\xb0\x01\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_EVENT_TYPE_CREATED\x10\x01\x12 \n\x1cJOB_EVENT_TYPE_STATE_CHANGED\x10\x02\x12#\n\x1fJOB_EVENT_TYPE_CANCEL_REQUESTED\x10\x03\x12\x1d\n\x19JOB_EVENT_TYPE_LEASE_LOST\x10\x04*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13gaffer/v1/job.proto\x12\tgaffer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0c\x45xecExecutor\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12-\n\x03\x65nv\x18\x02 \x03(\x0b\x32 .gaffer.v1.ExecExecutor.EnvEntry\x12\r\n\x05stdin\x18\x03 \x01(\x0c\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x10\x46unctionExecutor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"8\n\tInputFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0c\n\x04mode\x18\x03 \x01(\r\"\xc1\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x1c\n\x14retryable_exit_codes\x18\x05 \x03(\x05\";\n\tResources\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0b\n\x03gpu\x18\x03 \x01(\x05\"\x9b\x04\n\x07JobSpec\x12\'\n\x04\x65xec\x18\x01 \x01(\x0b\x32\x17.gaffer.v1.ExecExecutorH\x00\x12/\n\x08\x66unction\x18\x0b \x01(\x0b\x32\x1b.gaffer.v1.FunctionExecutorH\x00\x12.\n\x06labels\x18\x02 \x03(\x0b\x32\x1e.gaffer.v1.JobSpec.LabelsEntry\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x0cretry_policy\x18\x06 \x01(\x0b\x32\x16.gaffer.v1.RetryPolicy\x12\'\n\tresources\x18\x07 \x01(\x0b\x32\x14.gaffer.v1.Resources\x12;\n\rnode_selector\x18\x08 \x03(\x0b\x32$.gaffer.v1.JobSpec.NodeSelectorEntry\x12$\n\x06inputs\x18\t \x03(\x0b\x32\x14.gaffer.v1.InputFile\x12\x0f\n\x07outputs\x18\n \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11NodeSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08\x65xecutor\"\xc2\x01\n\tJobStatus\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"\xea\x01\n\nJobTimings\x12)\n\x06queued\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nvalidating\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07running\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tuploading\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xeb\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04spec\x18\x02 \x01(\x0b\x32\x12.gaffer.v1.JobSpec\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12%\n\x07history\x18\x04 \x03(\x0b\x32\x14.gaffer.v1.JobStatus\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\t \x01(\t\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x0c \x01(\x08\x12\x13\n\x0b\x63\x61nceled_by\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12&\n\x07timings\x18\x0f \x01(\x0b\x32\x15.gaffer.v1.JobTimings\x12\x13\n\x0bresult_json\x18\x10 \x01(\tB\x0c\n\n_exit_code\"\x8a\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12%\n\x04type\x18\x03 \x01(\x0e\x32\x17.gaffer.v1.JobEventType\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05state\x18\x05 \x01(\x0e\x32\x13.gaffer.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"_\n\x08LogChunk\x12$\n\x06stream\x18\x01 \x01(\x0e\x32\x14.gaffer.v1.LogStream\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"~\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\tKeepalive\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_CLAIMED\x10\x02\x12\x18\n\x14JOB_STATE_VALIDATING\x10\x03\x12\x15\n\x11JOB_STATE_RUNNING\x10\x04\x12\x17\n\x13JOB_STATE_UPLOADING\x10\x05\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x06\x12\x14\n\x10JOB_STATE_FAILED\x10\x07\x12\x16\n\x12JOB_STATE_CANCELED\x10\x08*\xb0\x01\n\x0cJobEventType\x12\x1e\n\x1aJOB_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16JOB_EVENT_TYPE_CREATED\x10\x01\x12 \n\x1cJOB_EVENT_TYPE_STATE_CHANGED\x10\x02\x12#\n\x1fJOB_EVENT_TYPE_CANCEL_REQUESTED\x10\x03\x12\x1d\n\x19JOB_EVENT_TYPE_LEASE_LOST\x10\x04*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,40 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC_NODESELECTORENTRY']._loaded_options = None
   _globals['_JOBSPEC_NODESELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2501
-  _globals['_JOBSTATE']._serialized_end=2729
-  _globals['_JOBEVENTTYPE']._serialized_start=2732
-  _globals['_JOBEVENTTYPE']._serialized_end=2908
-  _globals['_LOGSTREAM']._serialized_start=2910
-  _globals['_LOGSTREAM']._serialized_end=2995
+  _globals['_JOBSTATE']._serialized_start=2624
+  _globals['_JOBSTATE']._serialized_end=2852
+  _globals['_JOBEVENTTYPE']._serialized_start=2855
+  _globals['_JOBEVENTTYPE']._serialized_end=3031
+  _globals['_LOGSTREAM']._serialized_start=3033
+  _globals['_LOGSTREAM']._serialized_end=3118
   _globals['_EXECEXECUTOR']._serialized_start=100
   _globals['_EXECEXECUTOR']._serialized_end=234
   _globals['_EXECEXECUTOR_ENVENTRY']._serialized_start=192
   _globals['_EXECEXECUTOR_ENVENTRY']._serialized_end=234
-  _globals['_INPUTFILE']._serialized_start=236
-  _globals['_INPUTFILE']._serialized_end=292
-  _globals['_RETRYPOLICY']._serialized_start=295
-  _globals['_RETRYPOLICY']._serialized_end=488
-  _globals['_RESOURCES']._serialized_start=490
-  _globals['_RESOURCES']._serialized_end=549
-  _globals['_JOBSPEC']._serialized_start=552
-  _globals['_JOBSPEC']._serialized_end=1042
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=932
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=977
-  _globals['_JOBSPEC_NODESELECTORENTRY']._serialized_start=979
-  _globals['_JOBSPEC_NODESELECTORENTRY']._serialized_end=1030
-  _globals['_JOBSTATUS']._serialized_start=1045
-  _globals['_JOBSTATUS']._serialized_end=1239
-  _globals['_JOBTIMINGS']._serialized_start=1242
-  _globals['_JOBTIMINGS']._serialized_end=1476
-  _globals['_JOB']._serialized_start=1479
-  _globals['_JOB']._serialized_end=1949
-  _globals['_JOBEVENT']._serialized_start=1952
-  _globals['_JOBEVENT']._serialized_end=2218
-  _globals['_LOGCHUNK']._serialized_start=2220
-  _globals['_LOGCHUNK']._serialized_end=2315
-  _globals['_ARTIFACT']._serialized_start=2317
-  _globals['_ARTIFACT']._serialized_end=2443
-  _globals['_KEEPALIVE']._serialized_start=2445
-  _globals['_KEEPALIVE']._serialized_end=2498
+  _globals['_FUNCTIONEXECUTOR']._serialized_start=236
+  _globals['_FUNCTIONEXECUTOR']._serialized_end=287
+  _globals['_INPUTFILE']._serialized_start=289
+  _globals['_INPUTFILE']._serialized_end=345
+  _globals['_RETRYPOLICY']._serialized_start=348
+  _globals['_RETRYPOLICY']._serialized_end=541
+  _globals['_RESOURCES']._serialized_start=543
+  _globals['_RESOURCES']._serialized_end=602
+  _globals['_JOBSPEC']._serialized_start=605
+  _globals['_JOBSPEC']._serialized_end=1144
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=1034
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=1079
+  _globals['_JOBSPEC_NODESELECTORENTRY']._serialized_start=1081
+  _globals['_JOBSPEC_NODESELECTORENTRY']._serialized_end=1132
+  _globals['_JOBSTATUS']._serialized_start=1147
+  _globals['_JOBSTATUS']._serialized_end=1341
+  _globals['_JOBTIMINGS']._serialized_start=1344
+  _globals['_JOBTIMINGS']._serialized_end=1578
+  _globals['_JOB']._serialized_start=1581
+  _globals['_JOB']._serialized_end=2072
+  _globals['_JOBEVENT']._serialized_start=2075
+  _globals['_JOBEVENT']._serialized_end=2341
+  _globals['_LOGCHUNK']._serialized_start=2343
+  _globals['_LOGCHUNK']._serialized_end=2438
+  _globals['_ARTIFACT']._serialized_start=2440
+  _globals['_ARTIFACT']._serialized_end=2566
+  _globals['_KEEPALIVE']._serialized_start=2568
+  _globals['_KEEPALIVE']._serialized_end=2621
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,14 @@ class ExecExecutor(_message.Message):
     stdin: bytes
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., stdin: _Optional[bytes] = ...) -> None: ...
 
+class FunctionExecutor(_message.Message):
+    __slots__ = ("name", "args_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    args_json: str
+    def __init__(self, name: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
+
 class InputFile(_message.Message):
     __slots__ = ("path", "content", "mode")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -106,7 +114,7 @@ class Resources(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpu: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("exec", "labels", "queue", "priority", "timeout", "retry_policy", "resources", "node_selector", "inputs", "outputs")
+    __slots__ = ("exec", "function", "labels", "queue", "priority", "timeout", "retry_policy", "resources", "node_selector", "inputs", "outputs")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +130,7 @@ class JobSpec(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     EXEC_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +141,7 @@ class JobSpec(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     exec: ExecExecutor
+    function: FunctionExecutor
     labels: _containers.ScalarMap[str, str]
     queue: str
     priority: int
@@ -141,7 +151,7 @@ class JobSpec(_message.Message):
     node_selector: _containers.ScalarMap[str, str]
     inputs: _containers.RepeatedCompositeFieldContainer[InputFile]
     outputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, exec: _Optional[_Union[ExecExecutor, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, exec: _Optional[_Union[ExecExecutor, _Mapping]] = ..., function: _Optional[_Union[FunctionExecutor, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("state", "time", "message", "agent_id", "attempt", "actor", "exit_code")
@@ -176,7 +186,7 @@ class JobTimings(_message.Message):
     def __init__(self, queued: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validating: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uploading: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "history", "create_time", "update_time", "finish_time", "attempt", "agent_id", "exit_code", "message", "cancel_requested", "canceled_by", "request_id", "timings")
+    __slots__ = ("id", "spec", "state", "history", "create_time", "update_time", "finish_time", "attempt", "agent_id", "exit_code", "message", "cancel_requested", "canceled_by", "request_id", "timings", "result_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +202,7 @@ class Job(_message.Message):
     CANCELED_BY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -207,7 +218,8 @@ class Job(_message.Message):
     canceled_by: str
     request_id: str
     timings: JobTimings
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., history: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., canceled_by: _Optional[str] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ...) -> None: ...
+    result_json: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., history: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., canceled_by: _Optional[str] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., result_json: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("sequence", "job_id", "type", "time", "state", "attempt", "agent_id", "message", "actor", "exit_code")
