@@ -1,13 +1,13 @@
 """The embedded store: SQLite through aiosqlite, in WAL mode, one writer at a time.
 
-Writes take an asyncio lock and run ``BEGIN IMMEDIATE`` on the writer connection, so a
-transaction never interleaves with another coroutine's statements; reads use a second
+Write transactions run one after another on the writer connection, grouped by a
+GroupCommitter so that concurrent ones share a ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one fsync);
+a transaction never interleaves with another coroutine's statements. Reads use a second
 connection and never wait for writers (WAL).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
@@ -28,6 +28,7 @@ from gaffer.store._base import (
     Topics,
     Transaction,
 )
+from gaffer.store._group_commit import GroupCommitter
 from gaffer.store._notifier import Notifier
 from gaffer.store._sqlite_schema import MIGRATIONS
 from gaffer.v1 import agent_service_pb2, job_pb2
@@ -264,6 +265,10 @@ class _SqliteTransaction(Transaction):
         )
 
 
+def _unavailable(exc: BaseException) -> BaseException:
+    return StoreUnavailable(f"SQLite store is unavailable: {exc}")
+
+
 def _agent_from_row(row: Sequence[Any]) -> StoredAgent:
     last_heartbeat, body = row
     return StoredAgent(
@@ -287,7 +292,7 @@ class SqliteStore(Store):
         self._synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._committer: GroupCommitter | None = None
 
     @property
     def blob_dir(self) -> Path:
@@ -307,6 +312,13 @@ class SqliteStore(Store):
         self._writer = await self._connect()
         await self._migrate(self._writer)
         self._reader = await self._connect()
+        writer = self._writer
+
+        async def execute(sql: str) -> None:
+            await writer.execute(sql)
+
+        self._committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=_unavailable)
+        self._committer.start()
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         await conn.execute("BEGIN IMMEDIATE")
@@ -332,6 +344,9 @@ class SqliteStore(Store):
             raise
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await self._committer.close()
+            self._committer = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -351,25 +366,11 @@ class SqliteStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        if self._writer is None:
+        if self._writer is None or self._committer is None:
             raise StoreUnavailable("the store is closed")
-        conn = self._writer
-        async with self._write_lock:
-            tx = _SqliteTransaction(conn)
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite store is unavailable: {exc}") from exc
-            try:
-                yield tx
-                await conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    await conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-                raise
-        self._notifier.publish(tx.topics.names)
+        tx = _SqliteTransaction(self._writer)
+        async with self._committer.transaction(lambda: self._notifier.publish(tx.topics.names)):
+            yield tx
 
     async def get_job(self, job_id: str) -> StoredJob | None:
         rows = await self._r.execute_fetchall(
