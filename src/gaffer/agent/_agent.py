@@ -1,4 +1,10 @@
-"""The agent's loops: register, heartbeat (long poll for cancels), claim, and stop gracefully."""
+"""The agent's loops: register, heartbeat (long poll for cancels), claim, and stop gracefully.
+
+The server may go away and come back at any time (restart, deploy): every call has a deadline
+and is retried with capped, jittered backoff; running attempts keep running meanwhile, since a
+restarted server keeps held leases for one ttl. A server that forgot the agent (fresh store)
+answers NOT_FOUND: the agent registers again and drops the attempts the server calls ``lost``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from google.protobuf import duration_pb2
 from gaffer.agent._attempt import Attempt
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import AgentError
+from gaffer.agent._functions import builtin_functions
 from gaffer.agent._retry import TRANSIENT, Backoff, code_of, describe
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -24,7 +31,16 @@ logger = logging.getLogger(__name__)
 #: Extra time a long poll's deadline allows beyond its wait.
 _POLL_SLACK = 5.0
 _DEFAULT_HEARTBEAT = 5.0
+_DEFAULT_LEASE_TTL = 15.0
 _MAX_UNKNOWN_CANCELS = 256
+#: grpc's own reconnect backoff grows to 2 minutes by default: a restarted server would go
+#: unnoticed that long. Ours stays short; the agent's calls back off on top of it.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
 
 OnRegistered = Callable[[str], object]
 
@@ -44,8 +60,9 @@ async def run_agent(
     """Registers with the server and runs jobs until ``stop`` is set or the task is cancelled.
 
     When ``stop`` is set the agent claims nothing more, gives running attempts
-    ``config.stop_grace`` seconds to finish, then kills the rest and reports them FAILED
-    ("agent shutting down"). Cancelling the task kills running processes without reporting.
+    ``config.stop_grace`` seconds to finish, then kills the rest and hands them back with
+    ReleaseJob ("agent shutting down"): the server queues them again at once. Cancelling the
+    task kills running processes without reporting.
 
     Args:
         config: What to connect to and how to run jobs.
@@ -77,6 +94,8 @@ class _Agent:
         self._generation = 0
         self._register_lock = asyncio.Lock()
         self._heartbeat_interval = _DEFAULT_HEARTBEAT
+        self._lease_ttl = _DEFAULT_LEASE_TTL
+        self._functions = {**builtin_functions(), **config.functions}
         self._draining = False
         self._attempts: dict[tuple[str, int], Attempt] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -91,7 +110,8 @@ class _Agent:
             root = temp_root = Path(tempfile.mkdtemp(prefix="gaffer-agent-"))
         self._root = root
         try:
-            async with grpc.aio.insecure_channel(self._config.server) as channel:
+            channel = grpc.aio.insecure_channel(self._config.server, options=_CHANNEL_OPTIONS)
+            async with channel:
                 self._stub = agent_service_pb2_grpc.AgentServiceStub(channel)
                 await self._serve(stop)
         finally:
@@ -151,6 +171,8 @@ class _Agent:
         if response.HasField("heartbeat_interval"):
             seconds = response.heartbeat_interval.ToTimedelta().total_seconds()
             self._heartbeat_interval = seconds or _DEFAULT_HEARTBEAT
+        if response.HasField("lease_ttl"):
+            self._lease_ttl = response.lease_ttl.ToTimedelta().total_seconds() or self._lease_ttl
         self._generation += 1
         logger.info("registered %s as %s", self._config.name, self._agent_id)
 
@@ -168,6 +190,9 @@ class _Agent:
         the poll instead of waiting for the next one.
         """
         backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        warned = False
         while True:
             generation = self._generation
             interval = self._heartbeat_interval
@@ -190,9 +215,17 @@ class _Agent:
                     await self._reregister(generation)
                     continue
                 logger.warning("heartbeat failed (%s); retrying", describe(error))
+                if self._attempts and not warned and loop.time() - renewed > self._lease_ttl:
+                    # Nothing to do but carry on: the server fences what it gave away.
+                    logger.warning(
+                        "leases not renewed for over %gs; running attempts may be fenced",
+                        self._lease_ttl,
+                    )
+                    warned = True
                 await backoff.sleep()
                 continue
             backoff.reset()
+            renewed, warned = loop.time(), False
             self._on_heartbeat(response)
 
     async def _heartbeat(
@@ -262,7 +295,7 @@ class _Agent:
                 self._start(assignment)
 
     def _start(self, assignment: agent_service_pb2.JobAssignment) -> None:
-        attempt = Attempt(self._stub, self._config, assignment, self._root)
+        attempt = Attempt(self._stub, self._config, assignment, self._root, self._functions)
         key = (attempt.key.job_id, attempt.key.attempt)
         if key in self._tasks:
             logger.warning("attempt %s/%s assigned twice; ignoring the repeat", *key)

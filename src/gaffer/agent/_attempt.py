@@ -1,4 +1,10 @@
-"""One attempt from assignment to CompleteJob: validate, prepare, run, upload, report."""
+"""One attempt from assignment to CompleteJob: validate, prepare, run, upload, report.
+
+Exec jobs run as a process (:mod:`gaffer.agent._runner`); function jobs call a registered
+Python callable (:mod:`gaffer.agent._functions`) on a fast path with no work dir and no
+VALIDATING step. An attempt stopped because its agent is shutting down is handed back
+(ReleaseJob), so the server queues it again at once.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ import logging
 import re
 import shutil
 import signal
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from gaffer.agent._artifacts import upload_artifacts
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import Fenced
+from gaffer.agent._functions import CallOutcome, call_function, work_dir_var
 from gaffer.agent._logs import AttemptKey, LogShipper
 from gaffer.agent._retry import call_with_retry, describe
 from gaffer.agent._runner import (
@@ -37,6 +46,11 @@ SHUTDOWN = "agent shutting down"
 LOST = "lease lost"
 FENCED = "fenced"
 _SILENT = {LOST, FENCED}
+#: Most bytes of a function's traceback written to the job's stderr.
+_MAX_TRACEBACK = 64 * 1024
+#: Calls given up on (timeout, cancel, stop) that have not ended yet: the loop holds tasks
+#: only weakly.
+_abandoned: set[asyncio.Future[CallOutcome]] = set()
 
 
 def _safe_name(job_id: str) -> str:
@@ -46,11 +60,16 @@ def _safe_name(job_id: str) -> str:
 
 
 def spec_problem(spec: job_pb2.JobSpec) -> str | None:
-    """Why this agent cannot run ``spec``, or None when it can."""
+    """Why this agent cannot run ``spec`` as an exec job, or None when it can."""
     if spec.WhichOneof("executor") != "exec":
         return "this agent runs only exec jobs"
     if not spec.exec.argv or not spec.exec.argv[0]:
         return "exec.argv must not be empty"
+    return paths_problem(spec)
+
+
+def paths_problem(spec: job_pb2.JobSpec) -> str | None:
+    """Why the inputs or outputs of ``spec`` cannot be used, or None."""
     try:
         for item in spec.inputs:
             check_relative(item.path)
@@ -84,13 +103,17 @@ class Attempt:
         config: AgentConfig,
         assignment: agent_service_pb2.JobAssignment,
         work_root: Path,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self._stub = stub
         self._config = config
+        self._functions = functions if functions is not None else config.functions
         self._job = assignment.job
         self.key = AttemptKey(assignment.job.id, assignment.attempt, assignment.lease_token)
         self._workdir = work_root / f"{_safe_name(self.key.job_id)}-{self.key.attempt}"
+        self._made_workdir = False
         self._completed = False
+        self._stopped = asyncio.Event()
         self._exit_code: int | None = None
         self._stop_reason: str | None = None
         self._process: Process | None = None
@@ -115,12 +138,13 @@ class Attempt:
             self._shipper.abort()
 
     def shut_down(self) -> None:
-        """The agent is stopping and the grace is over: kill, then report FAILED."""
+        """The agent is stopping and the grace is over: kill, then hand the attempt back."""
         self._stop(SHUTDOWN, self._config.cancel_grace)
 
     def _stop(self, reason: str, grace: float) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
+        self._stopped.set()
         if self._process is not None:
             task = asyncio.create_task(self._process.kill(grace, self._stop_reason))
             self._kills.add(task)
@@ -143,6 +167,12 @@ class Attempt:
 
     async def _run(self) -> None:
         spec = self._job.spec
+        if spec.WhichOneof("executor") == "function":
+            await self._run_function(spec)
+        else:
+            await self._run_exec(spec)
+
+    async def _run_exec(self, spec: job_pb2.JobSpec) -> None:
         await self._update(job_pb2.JOB_STATE_VALIDATING)
         problem = spec_problem(spec)
         if problem is not None:
@@ -161,14 +191,115 @@ class Attempt:
         result = await self._execute(spec, timeout or None)
         if result is None or self._stop_reason in _SILENT:
             return
+        if self._stop_reason == SHUTDOWN:
+            await self._release()
+            return
         if spec.outputs and self._stop_reason is None:
-            await self._update(job_pb2.JOB_STATE_UPLOADING)
-            names = resolve_outputs(self._workdir, spec.outputs)
-            await upload_artifacts(
-                self._stub, self.key, self._workdir, names, rpc_timeout=self._config.rpc_timeout
-            )
+            await self._upload(spec)
         state, message = outcome(result, timeout)
         await self._complete(state, message, result.exit_code)
+
+    async def _run_function(self, spec: job_pb2.JobSpec) -> None:
+        """Calls the named function: CLAIMED -> RUNNING -> COMPLETED/FAILED, nothing more.
+
+        A work dir is made only when the job has inputs or outputs. On a timeout, cancel or
+        shutdown a coroutine is cancelled; a plain function running in a thread cannot be
+        stopped, so it is left to finish on its own and its result is ignored.
+        """
+        name = spec.function.name
+        fn = self._functions.get(name)
+        if fn is None:
+            message = f"no function named {name!r} on agent {self._config.name}"
+            await self._complete(job_pb2.JOB_STATE_FAILED, message, not_retryable=True)
+            return
+        if spec.inputs or spec.outputs:
+            problem = paths_problem(spec)
+            if problem is not None:
+                await self._complete(job_pb2.JOB_STATE_FAILED, problem, not_retryable=True)
+                return
+            try:
+                await asyncio.to_thread(self._prepare, spec)
+            except (OSError, InvalidPathError) as error:
+                await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {error}")
+                return
+        if await self._stopped_before_start():
+            return
+        await self._update(job_pb2.JOB_STATE_RUNNING)
+        timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
+        result = await self._call(fn, spec.function.args_json, timeout or None)
+        if result is None:
+            await self._after_interrupted_call(timeout)
+            return
+        if result.traceback:
+            await self._push_stderr(result.traceback)
+        if spec.outputs and result.error is None:
+            await self._upload(spec)
+        if result.error is None:
+            await self._complete(
+                job_pb2.JOB_STATE_COMPLETED, "returned", result_json=result.result_json
+            )
+        else:
+            await self._complete(
+                job_pb2.JOB_STATE_FAILED, result.error, not_retryable=result.not_retryable
+            )
+
+    async def _call(
+        self, fn: Callable[..., Any], args_json: str, timeout: float | None
+    ) -> CallOutcome | None:
+        """The call's outcome, or None when a timeout or a stop came first."""
+        token = work_dir_var.set(self._workdir if self._made_workdir else None)
+        try:
+            call = asyncio.ensure_future(call_function(fn, args_json))
+        finally:
+            work_dir_var.reset(token)
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait(
+                {call, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+            if not call.done():
+                call.cancel()  # it ends on its own; held until then, never awaited
+                _abandoned.add(call)
+                call.add_done_callback(_abandoned.discard)
+        if not call.done() or call.cancelled():
+            return None
+        return call.result()
+
+    async def _after_interrupted_call(self, timeout: float) -> None:
+        if self._stop_reason in _SILENT:
+            return
+        if self._stop_reason == SHUTDOWN:
+            await self._release()
+        elif self._stop_reason is not None:
+            await self._complete(job_pb2.JOB_STATE_FAILED, self._stop_reason)
+        else:
+            await self._complete(job_pb2.JOB_STATE_FAILED, f"timeout after {timeout:g}s")
+
+    async def _push_stderr(self, text: str) -> None:
+        """Writes a function's traceback to the attempt's stderr, as one chunk at offset 0."""
+        data = text.encode(errors="replace")[-_MAX_TRACEBACK:]
+        request = agent_service_pb2.PushLogsRequest(
+            job_id=self.key.job_id,
+            attempt=self.key.attempt,
+            lease_token=self.key.lease_token,
+            chunk=job_pb2.LogChunk(
+                stream=job_pb2.LOG_STREAM_STDERR, offset=0, data=data, attempt=self.key.attempt
+            ),
+        )
+        timeout = self._config.rpc_timeout
+        await call_with_retry(
+            lambda: self._stub.PushLogs(iter([request]), timeout=timeout),
+            what=f"{self.key.job_id}/{self.key.attempt} traceback",
+        )
+
+    async def _upload(self, spec: job_pb2.JobSpec) -> None:
+        await self._update(job_pb2.JOB_STATE_UPLOADING)
+        names = resolve_outputs(self._workdir, spec.outputs)
+        await upload_artifacts(
+            self._stub, self.key, self._workdir, names, rpc_timeout=self._config.rpc_timeout
+        )
 
     async def _fail_quietly(self, message: str) -> None:
         """Best effort to finish the attempt after an unexpected error, so it is not stuck."""
@@ -180,6 +311,7 @@ class Attempt:
             logger.warning("attempt %s/%s: cannot report failure: %s", *self._ids(), error)
 
     def _prepare(self, spec: job_pb2.JobSpec) -> None:
+        self._made_workdir = True
         if self._workdir.exists():
             shutil.rmtree(self._workdir)
         self._workdir.mkdir(parents=True)
@@ -188,7 +320,9 @@ class Attempt:
     async def _stopped_before_start(self) -> bool:
         if self._stop_reason is None:
             return False
-        if self._stop_reason not in _SILENT:
+        if self._stop_reason == SHUTDOWN:
+            await self._release()
+        elif self._stop_reason not in _SILENT:
             await self._complete(job_pb2.JOB_STATE_FAILED, self._stop_reason)
         return True
 
@@ -246,7 +380,13 @@ class Attempt:
         )
 
     async def _complete(
-        self, state: job_pb2.JobState, message: str, exit_code: int | None = None
+        self,
+        state: job_pb2.JobState,
+        message: str,
+        exit_code: int | None = None,
+        *,
+        not_retryable: bool = False,
+        result_json: str = "",
     ) -> None:
         request = agent_service_pb2.CompleteJobRequest(
             job_id=self.key.job_id,
@@ -255,6 +395,8 @@ class Attempt:
             state=state,
             message=message,
             exit_code=exit_code,
+            not_retryable=not_retryable,
+            result_json=result_json,
         )
         timeout = self._config.rpc_timeout
         response = await call_with_retry(
@@ -270,13 +412,29 @@ class Attempt:
             "" if response.accepted else ", not accepted",
         )
 
+    async def _release(self) -> None:
+        """Hands the attempt back: the server queues the job again at once."""
+        request = agent_service_pb2.ReleaseJobRequest(
+            job_id=self.key.job_id,
+            attempt=self.key.attempt,
+            lease_token=self.key.lease_token,
+            reason=SHUTDOWN,
+        )
+        timeout = self._config.rpc_timeout
+        await call_with_retry(
+            lambda: self._stub.ReleaseJob(request, timeout=timeout),
+            what=f"{self.key.job_id}/{self.key.attempt} release",
+        )
+        self._completed = True
+        logger.info("attempt %s/%s: released (%s)", *self._ids(), SHUTDOWN)
+
     async def _clean_up(self) -> None:
         if self._process is not None:
             with contextlib.suppress(ProcessLookupError):
                 await asyncio.shield(self._process.kill(0.0, self._stop_reason or FENCED))
         if self._shipper is not None and self._stop_reason in _SILENT:
             self._shipper.abort()
-        if not self._config.keep_work_dirs:
+        if self._made_workdir and not self._config.keep_work_dirs:
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
 
     def _ids(self) -> tuple[str, int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: PATH given to jobs when the entry point passes none; library code never reads os.environ.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -35,6 +36,8 @@ class AgentConfig:
         keep_work_dirs: Keep each attempt's working directory after it finished (debugging).
         base_env: The minimal environment every job starts from (PATH, LANG); the job's own env,
             HOME and GAFFER_* are added on top.
+        functions: Callables that ``function`` jobs may name (see :class:`FunctionRegistry`);
+            the built-ins of :mod:`gaffer.agent.builtin_functions` are always there too.
     """
 
     server: str
@@ -50,9 +53,12 @@ class AgentConfig:
     rpc_timeout: float = 10.0
     keep_work_dirs: bool = False
     base_env: Mapping[str, str] = field(default_factory=default_base_env)
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError(f"slots must be at least 1, not {self.slots}")
         if not self.name:
             raise ValueError("name must not be empty")
+        if self.stop_grace < 0:
+            raise ValueError(f"stop_grace must not be negative, not {self.stop_grace}")

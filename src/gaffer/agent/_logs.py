@@ -5,7 +5,12 @@ client stream. PushLogs answers only when the stream is closed, so that answer i
 acknowledgement: chunks written since the last one are kept, and the stream is closed and
 reopened every few MiB or seconds to trim them. When the stream breaks, a new one is opened and
 every unacknowledged chunk is sent again, with its original offset; the server ignores chunks it
-already stored, by (stream, offset).
+already stored, by (stream, offset). A server that restarts is waited for with backoff, for as
+long as it takes.
+
+A stream the server ends early with FAILED_PRECONDITION or NOT_FOUND means the attempt is no
+longer ours: the shipper notices at once (not at its next acknowledgement), drops what it holds,
+sends nothing more and calls ``on_fenced`` so the process is stopped.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class LogShipper:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        self._watchers: set[asyncio.Task[None]] = set()
         self.fenced = False
         self.sizes = {OutputStream.STDOUT: 0, OutputStream.STDERR: 0}
         self._task = asyncio.create_task(self._run())
@@ -159,6 +165,8 @@ class LogShipper:
         try:
             while True:
                 await self._wait_for_work()
+                if self.fenced:
+                    raise Fenced("the attempt is no longer ours")
                 if self._pending and not self._closing:
                     await self._batch_window()
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
@@ -174,11 +182,38 @@ class LogShipper:
                 if self._closing and not self._pending and not self._unacked:
                     return
         except Fenced:
-            logger.info("attempt %s/%s: logs refused, no longer ours", *self._ids())
-            self.fenced = True
-            self._room.set()
-            if self._on_fenced is not None:
-                self._on_fenced()
+            self._refused()
+
+    def _refused(self) -> None:
+        """The server refused our output: stop sending and tell the attempt, once."""
+        if self.fenced:
+            return
+        logger.info("attempt %s/%s: logs refused, no longer ours", *self._ids())
+        self.fenced = True
+        self._pending, self._pending_bytes = [], 0
+        self._room.set()
+        self._wake.set()
+        if self._on_fenced is not None:
+            self._on_fenced()
+
+    def _watch(self, call: PushLogsCall) -> None:
+        """Notices at once when the server ends ``call`` because the attempt is not ours."""
+        add_done_callback = getattr(call, "add_done_callback", None)
+        code = getattr(call, "code", None)
+        if add_done_callback is None or code is None:
+            return  # not a grpc.aio call (a test double): noticed at the next acknowledgement
+
+        async def check() -> None:
+            status = await code()
+            if status in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                self._refused()
+
+        def done(_: object) -> None:
+            task = asyncio.ensure_future(check())
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+
+        add_done_callback(done)
 
     async def _wait_for_work(self) -> None:
         if self._pending or self._closing:
@@ -243,7 +278,7 @@ class LogShipper:
         """Opens a new stream and resends every unacknowledged chunk, with backoff."""
         backoff = Backoff()
         while True:
-            if is_fenced(error):
+            if self.fenced or is_fenced(error):
                 raise Fenced(str(error)) from error
             logger.info(
                 "attempt %s/%s: log stream broke (%s); reopening", *self._ids(), describe(error)
@@ -252,6 +287,8 @@ class LogShipper:
                 self._call.cancel()
             self._call = None
             await backoff.sleep()
+            if self.fenced:
+                raise Fenced("the attempt is no longer ours")
             try:
                 call = self._stream()
                 for request in list(self._unacked):
@@ -264,6 +301,7 @@ class LogShipper:
         if self._call is None:
             self._call = self._open()
             self._call_opened = time.monotonic()
+            self._watch(self._call)
         return self._call
 
     def _ids(self) -> tuple[str, int]:

@@ -16,9 +16,15 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Codes after which the same call may simply be tried again.
+#: Codes after which the same call may simply be tried again (the server is away, restarting,
+#: busy, or lost a race); every agent write is idempotent, so a repeat is safe.
 TRANSIENT = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
 )
 
 
@@ -67,16 +73,20 @@ class Backoff:
 
 
 async def call_with_retry(
-    call: Callable[[], Awaitable[T]], *, what: str, give_up_after: float = 120.0
+    call: Callable[[], Awaitable[T]], *, what: str, give_up_after: float | None = None
 ) -> T:
-    """Runs a unary write until it succeeds, retrying transient errors with backoff.
+    """Runs a unary write until the server answers, retrying transient errors with backoff.
+
+    By default it never gives up on a transient error: a server that restarts keeps the
+    attempt's lease for one ttl, so the write is still wanted when it comes back (and if it
+    is not, the server says so: Fenced). Each try has its own deadline, set by ``call``.
 
     Raises:
         Fenced: the server says the attempt is no longer ours (FAILED_PRECONDITION, NOT_FOUND).
         grpc.RpcError: any other error, or a transient one lasting over ``give_up_after`` s.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + give_up_after
+    deadline = None if give_up_after is None else loop.time() + give_up_after
     backoff = Backoff()
     while True:
         try:
@@ -84,7 +94,7 @@ async def call_with_retry(
         except grpc.RpcError as error:
             if is_fenced(error):
                 raise Fenced(f"{what}: {error.details()}") from error
-            if code_of(error) not in TRANSIENT or loop.time() > deadline:
+            if code_of(error) not in TRANSIENT or (deadline is not None and loop.time() > deadline):
                 raise
             logger.info("%s failed (%s); retrying", what, describe(error))
         await backoff.sleep()

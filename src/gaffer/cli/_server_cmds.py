@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from gaffer.cli._args import UsageError, key_value, pairs_to_dict, positive_int
+from gaffer.cli._args import UsageError, duration, key_value, pairs_to_dict, positive_int
 from gaffer.cli._format import agents_table, to_json
 from gaffer.client import Client, GafferError
 
@@ -23,15 +25,24 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
     p = sub.add_parser("agent", parents=[common], help="run an agent that claims and runs jobs")
     p.add_argument("--name", default=socket.gethostname(), help="default: the host name")
-    p.add_argument("--slots", type=positive_int, default=1, help="jobs at once (default 1)")
+    p.add_argument(
+        "--slots",
+        type=positive_int,
+        default=1,
+        action=_ExplicitSlots,
+        help=f"jobs at once (default 1, or {FUNCTION_SLOTS} with --functions: function jobs "
+        "mostly wait on RPCs, so an agent runs many at once)",
+    )
     p.add_argument("--label", "-l", type=key_value, action="append", metavar="K=V")
     p.add_argument("--queue", "-q", action="append", metavar="Q", help="default: default")
     p.add_argument("--work-dir", type=Path, metavar="DIR", help="default: a temp dir")
+    _agent_options(p, stop_grace=30.0)
     p.set_defaults(main=agent)
 
     p = sub.add_parser("dev", help="run a server and one local agent in one process")
     _server_options(p)
     p.add_argument("--slots", type=positive_int, default=4, help="agent slots (default 4)")
+    _agent_options(p, stop_grace=5.0)
     p.set_defaults(main=dev)
 
     p = sub.add_parser("agents", parents=[common], help="list agents")
@@ -42,6 +53,52 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--data-dir", type=Path, default=Path(".gaffer"), metavar="DIR")
+
+
+#: Default slots of an agent given --functions.
+FUNCTION_SLOTS = 16
+
+
+class _ExplicitSlots(argparse.Action):
+    """Stores --slots and notes it was given, so --functions can raise only the default."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.slots_given = True
+
+
+def _agent_options(p: argparse.ArgumentParser, *, stop_grace: float) -> None:
+    p.add_argument(
+        "--stop-grace",
+        type=duration,
+        default=stop_grace,
+        metavar="S",
+        help="on SIGTERM, how long running jobs may finish before they are killed and handed "
+        f"back to the server (default {stop_grace:g}s)",
+    )
+    p.add_argument(
+        "--functions",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE, whose @gaffer.agent.function callables function jobs may call "
+        "(repeatable; gaffer.noop, gaffer.echo and gaffer.sleep are always there)",
+    )
+
+
+def _functions(args: argparse.Namespace) -> dict[str, Callable[..., Any]]:
+    """What the --functions modules registered; a module that fails to import is a usage error."""
+    from gaffer.agent import load_function_modules
+
+    try:
+        return load_function_modules(args.functions or ())
+    except ImportError as error:
+        raise UsageError(f"--functions: cannot import {error.name or error}: {error}") from error
 
 
 def _print_listening(address: str) -> None:
@@ -78,14 +135,18 @@ def agent(args: argparse.Namespace) -> int:
     """``gaffer agent``: runs jobs until SIGTERM or SIGINT."""
     from gaffer.agent import AgentConfig, run_agent
 
+    given = getattr(args, "slots_given", False)
+    slots = FUNCTION_SLOTS if args.functions and not given else args.slots
     config = AgentConfig(
         server=args.server,
         name=args.name,
-        slots=args.slots,
+        slots=slots,
         labels=pairs_to_dict(args.label),
         queues=tuple(args.queue or ("default",)),
         work_dir=args.work_dir,
         base_env=_base_env(args),
+        stop_grace=args.stop_grace,
+        functions=_functions(args),
     )
 
     async def main() -> None:
@@ -121,6 +182,8 @@ def dev(args: argparse.Namespace) -> int:
     from gaffer.agent import AgentConfig, run_agent
     from gaffer.server import ServerConfig, start_server
 
+    functions = _functions(args)
+
     async def main() -> None:
         try:
             running = await start_server(ServerConfig(listen=args.listen, data_dir=args.data_dir))
@@ -134,6 +197,8 @@ def dev(args: argparse.Namespace) -> int:
             name=f"dev-{socket.gethostname()}",
             slots=args.slots,
             base_env=_base_env(args),
+            stop_grace=args.stop_grace,
+            functions=functions,
         )
         agent_task = asyncio.create_task(run_agent(agent_config, stop=stop))
         stopping = asyncio.create_task(stop.wait())

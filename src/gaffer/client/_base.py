@@ -5,6 +5,7 @@ Neither client does I/O here; each runs the requests built here on its own kind 
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -119,6 +120,36 @@ class ClientBase:
             outputs=outputs,
         )
         # Always a request_id, so a retried submit can never make a second job.
+        return job_service_pb2.SubmitJobRequest(
+            spec=spec, request_id=request_id or new_request_id()
+        )
+
+    @staticmethod
+    def _function_request(
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        labels: Mapping[str, str] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        timeout: Seconds | None = None,
+        retry: int | RetryPolicy | None = None,
+        request_id: str | None = None,
+    ) -> job_service_pb2.SubmitJobRequest:
+        """A SubmitJob request for a function job; arguments are an array or an object."""
+        if args and kwargs:
+            raise TypeError("a function job takes positional or keyword arguments, not both")
+        values: Any = dict(kwargs) if kwargs else list(args)
+        # The shared builder fills the options; setting the oneof's function clears its exec.
+        spec = spec_to_proto(
+            ["-"], labels=labels, queue=queue, priority=priority, timeout=timeout, retry=retry
+        )
+        spec.function.CopyFrom(
+            job_pb2.FunctionExecutor(
+                name=name, args_json=json.dumps(values, separators=(",", ":")) if values else ""
+            )
+        )
         return job_service_pb2.SubmitJobRequest(
             spec=spec, request_id=request_id or new_request_id()
         )

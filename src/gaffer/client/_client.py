@@ -198,6 +198,75 @@ class Client(ClientBase):
         job = job_from_proto(response.job)
         return JobHandle(self, job.id, job=job, existing=response.existing)
 
+    async def submit_function(self, name: str, /, *args: Any, **kwargs: Any) -> JobHandle:
+        """Submits a function job: calls ``name`` on an agent with these arguments (as JSON).
+
+        Like a Celery task's ``delay``; for labels, queue, retries or a timeout use
+        :meth:`submit_function_with`. Read what it returned from ``Job.result``.
+
+        Args:
+            name: The name the callable was registered under on the agent.
+            *args: Positional arguments, JSON-serialisable.
+            **kwargs: Keyword arguments, JSON-serialisable (not together with ``args``).
+
+        Returns:
+            A handle on the job.
+
+        Raises:
+            TypeError: both positional and keyword arguments were given.
+            InvalidSpecError: The server refused the spec; see ``violations``.
+        """
+        return await self.submit_function_with(name, args, kwargs)
+
+    async def submit_function_with(
+        self,
+        name: str,
+        /,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        timeout: Seconds | None = None,
+        retry: int | RetryPolicy | None = None,
+        request_id: str | None = None,
+    ) -> JobHandle:
+        """Submits a function job with job options (like a Celery task's ``apply_async``).
+
+        Args:
+            name: The name the callable was registered under on the agent.
+            args: Positional arguments, JSON-serialisable.
+            kwargs: Keyword arguments, JSON-serialisable (not together with ``args``).
+            labels: Labels to filter jobs by.
+            queue: The queue agents claim from; None means "default".
+            priority: Higher runs first within a queue.
+            timeout: Bound on one attempt's run, seconds or a timedelta.
+            retry: Attempts in all (an int) or a :class:`RetryPolicy`.
+            request_id: Idempotency key; one is generated when None, so retries are safe.
+
+        Returns:
+            A handle on the job.
+
+        Raises:
+            TypeError: both positional and keyword arguments were given.
+            InvalidSpecError: The server refused the spec; see ``violations``.
+        """
+        request = self._function_request(
+            name,
+            args,
+            kwargs or {},
+            labels=labels,
+            queue=queue,
+            priority=priority,
+            timeout=timeout,
+            retry=retry,
+            request_id=request_id,
+        )
+        response = await self._call(self._jobs.SubmitJob, "SubmitJob", request)
+        job = job_from_proto(response.job)
+        return JobHandle(self, job.id, job=job, existing=response.existing)
+
     async def submit_and_wait(
         self, argv: Sequence[str], *, wait_timeout: Seconds | None = None, **kwargs: Any
     ) -> Job:

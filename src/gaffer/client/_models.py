@@ -7,6 +7,7 @@ wrapper does not show; the wrappers are built in :mod:`gaffer.client._convert`.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -219,6 +220,12 @@ class Job:
     def argv(self) -> tuple[str, ...]:
         """The program and arguments the job runs."""
         return self.spec.argv
+
+    @property
+    def result(self) -> Any:
+        """What a function job returned, parsed from JSON; None when it returned nothing."""
+        text = self.raw.result_json if self.raw is not None else ""
+        return json.loads(text) if text else None
 
     @property
     def labels(self) -> Mapping[str, str]:
