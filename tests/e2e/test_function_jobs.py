@@ -6,7 +6,9 @@ raise, refuse retries, block or return something odd are the test's own.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gaffer import JobState, LogStream, SyncClient
+from gaffer.cli._args import EXIT_FAILED
 from gaffer.client import RetryPolicy
 from tests.helpers import AgentProc, ServerProc, gaffer_command, wait_until
 
@@ -164,3 +167,18 @@ def test_cancel_stops_a_running_function_at_once(client: SyncClient) -> None:
     job = handle.wait(timeout=10)
     assert job.state == JobState.CANCELED
     assert time.monotonic() - started < 2
+
+
+def test_cli_submits_a_function_and_prints_its_result(served: tuple[ServerProc, AgentProc]) -> None:
+    server = served[0].address
+    argv = ["--server", server, "submit", "--wait", "--function", "gaffer.echo", "--args"]
+    done = subprocess.run(
+        gaffer_command(*argv, '{"a": [1, 2]}'), capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    job_id, result = done.stdout.splitlines()
+    assert job_id.startswith("j_") and json.loads(result) == {"a": [1, 2]}
+
+    argv = ["--server", server, "submit", "--wait", "--function", "user.missing"]
+    failed = subprocess.run(gaffer_command(*argv), capture_output=True, text=True, timeout=30)
+    assert failed.returncode == EXIT_FAILED

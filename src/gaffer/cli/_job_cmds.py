@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from gaffer.cli._args import (
     EXIT_CODES_HELP,
@@ -28,7 +30,7 @@ from gaffer.cli._format import (
     jobs_to_json,
     to_json,
 )
-from gaffer.client import Client, Job, JobState, JobTimeoutError, LogStream
+from gaffer.client import Client, Job, JobHandle, JobState, JobTimeoutError, LogStream
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -65,6 +67,17 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--stdin-file", metavar="FILE", help="bytes for the job's standard input")
     p.add_argument("--request-id", help="idempotency key (default: a fresh one)")
     p.add_argument("--json", action="store_true", help="print the job as JSON")
+    p.add_argument(
+        "--function",
+        metavar="NAME",
+        help="submit a function job calling NAME on an agent, instead of ARGV",
+    )
+    p.add_argument(
+        "--args",
+        dest="function_args",
+        metavar="JSON",
+        help="the function's arguments: a JSON array (positional) or object (keyword)",
+    )
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the program and arguments")
     p.set_defaults(run=submit)
 
@@ -116,6 +129,39 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def function_arguments(text: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """``--args JSON``: positional arguments from an array, keyword ones from an object."""
+    if not text:
+        return [], {}
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"--args is not JSON: {error}") from error
+    if isinstance(value, list):
+        return value, {}
+    if isinstance(value, dict):
+        return [], value
+    raise UsageError("--args must be a JSON array or object")
+
+
+async def _submit_function(args: argparse.Namespace, client: Client) -> JobHandle:
+    argv = [a for a in args.argv if a != "--"]
+    if argv or args.env or args.stdin_file or args.input or args.output:
+        raise UsageError("--function takes no ARGV, --env, --stdin-file, --input or --output")
+    positional, keyword = function_arguments(args.function_args)
+    return await client.submit_function_with(
+        args.function,
+        positional,
+        keyword,
+        labels=pairs_to_dict(args.label),
+        queue=args.queue,
+        priority=args.priority,
+        timeout=args.timeout,
+        retry=args.retries + 1 if args.retries else None,
+        request_id=args.request_id,
+    )
+
+
 def _inputs(specs: list[str] | None) -> dict[str, bytes]:
     inputs: dict[str, bytes] = {}
     for spec in specs or ():
@@ -153,8 +199,18 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     """``gaffer submit``."""
     if args.json and args.follow:
         raise UsageError("--json and --follow do not mix: the output is the job's")
+    if args.function_args is not None and not args.function:
+        raise UsageError("--args goes with --function NAME")
+    if args.function:
+        handle = await _submit_function(args, client)
+    else:
+        handle = await _submit_exec(args, client)
+    return await _submit_then(args, client, handle)
+
+
+async def _submit_exec(args: argparse.Namespace, client: Client) -> JobHandle:
     stdin, inputs = _local_files(args)
-    handle = await client.submit(
+    return await client.submit(
         _argv(args),
         env=pairs_to_dict(args.env),
         stdin=stdin,
@@ -167,6 +223,9 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
         outputs=args.output,
         request_id=args.request_id,
     )
+
+
+async def _submit_then(args: argparse.Namespace, client: Client, handle: JobHandle) -> int:
     if args.follow:
         if sys.stderr.isatty():
             print(f"gaffer: following job {handle.id}", file=sys.stderr, flush=True)
@@ -189,6 +248,8 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     job = await wait_with_status(client, handle.id, None)
     if args.json:
         print(to_json(job.raw))
+    elif job.raw.result_json:  # what a function job returned
+        print(job.raw.result_json, flush=True)
     return exit_status(job)
 
 

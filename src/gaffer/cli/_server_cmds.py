@@ -73,6 +73,13 @@ class _ExplicitSlots(argparse.Action):
         namespace.slots_given = True
 
 
+def agent_slots(args: argparse.Namespace) -> int:
+    """--slots, or :data:`FUNCTION_SLOTS` when --functions is given without --slots."""
+    if args.functions and not getattr(args, "slots_given", False):
+        return FUNCTION_SLOTS
+    return int(args.slots)
+
+
 def _agent_options(p: argparse.ArgumentParser, *, stop_grace: float) -> None:
     p.add_argument(
         "--stop-grace",
@@ -135,12 +142,10 @@ def agent(args: argparse.Namespace) -> int:
     """``gaffer agent``: runs jobs until SIGTERM or SIGINT."""
     from gaffer.agent import AgentConfig, run_agent
 
-    given = getattr(args, "slots_given", False)
-    slots = FUNCTION_SLOTS if args.functions and not given else args.slots
     config = AgentConfig(
         server=args.server,
         name=args.name,
-        slots=slots,
+        slots=agent_slots(args),
         labels=pairs_to_dict(args.label),
         queues=tuple(args.queue or ("default",)),
         work_dir=args.work_dir,
