@@ -1,25 +1,45 @@
-"""The store contract, run against every implementation (SQLite now; PostgreSQL joins later)."""
+"""The store contract, run against every implementation: SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from gaffer.domain import OutOfRange, new_job_id
-from gaffer.store import JobQuery, Notifier, SqliteStore, Store, StoredJob, job_topic
+from gaffer.store import (
+    JobQuery,
+    Notifier,
+    PostgresStore,
+    SqliteStore,
+    Store,
+    StoredJob,
+    job_topic,
+)
 from gaffer.v1 import job_pb2
+from tests.unit.pg_support import fresh_schema, temporary_database
 
 S = job_pb2.JobState
 OUT, ERR = job_pb2.LOG_STREAM_STDOUT, job_pb2.LOG_STREAM_STDERR
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """One PostgreSQL database for the session, dropped at its end."""
+    yield from temporary_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     notifier = Notifier()
-    impl = SqliteStore(tmp_path / "data", notifier)
+    impl: Store
+    if request.param == "postgres":
+        dsn = await fresh_schema(request.getfixturevalue("pg_database"))
+        impl = PostgresStore(dsn, notifier, blob_dir=tmp_path / "blobs")
+    else:
+        impl = SqliteStore(tmp_path / "data", notifier)
     await impl.open()
     yield impl
     await impl.close()

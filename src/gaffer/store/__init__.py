@@ -1,4 +1,4 @@
-"""Durable state behind one interface; SQLite is the embedded default."""
+"""Durable state behind one interface; SQLite is the embedded default, PostgreSQL is shared."""
 
 from gaffer.store._base import (
     EVENTS_TOPIC,
@@ -15,6 +15,7 @@ from gaffer.store._base import (
 )
 from gaffer.store._blobs import BlobStore
 from gaffer.store._notifier import Notifier, Subscription
+from gaffer.store._postgres import PostgresStore
 from gaffer.store._sqlite import SqliteStore
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "JobQuery",
     "LogAppend",
     "Notifier",
+    "PostgresStore",
     "SqliteStore",
     "Store",
     "StoredAgent",
