@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -259,3 +260,23 @@ async def test_concurrent_transactions_stay_whole(store: Store) -> None:
     assert len(set(seqs)) == 40
     # Each transaction's two jobs got neighbouring sequence numbers: nothing interleaved.
     assert all(b.seq == a.seq + 1 for a, b in results)
+
+
+async def test_transactions_cancelled_at_any_point_leave_the_store_usable(store: Store) -> None:
+    """A caller cancelled mid-transaction (a client gone, a long poll cut) must not wedge writes."""
+
+    async def write(i: int) -> None:
+        async with store.transaction() as tx:
+            await tx.insert_job(make_job())
+            for _ in range(i % 4):
+                await tx.append_event("t1", job_pb2.JobEvent(job_id="j", state=S.JOB_STATE_PENDING))
+
+    for i in range(200):
+        task = asyncio.create_task(write(i))
+        for _ in range(i % 7):
+            await asyncio.sleep(0)  # let the task get a little further each round before the cut
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [job] = await insert(store, make_job())
+    assert await store.get_job(job.job.id) is not None

@@ -163,7 +163,7 @@ class Agents:
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0:
                     return claimed
-                await sub.wait(min(remaining, self._settings.claim_recheck))
+                await sub.wait(min(remaining, self._settings.recheck_interval))
 
     async def _claim_once(self, agent_id: str, max_jobs: int) -> list[tuple[StoredJob, float]]:
         now = self._now()
@@ -256,14 +256,14 @@ class Agents:
                 if result.cancel or result.lost or remaining <= 0:
                     return result
                 sub.clear()
-                if await sub.wait(remaining):
-                    # Re-read: a job claimed during this poll may be the one being cancelled.
-                    async with self._store.transaction() as tx:
-                        held = await tx.jobs_of_agent(agent_id)
-                        current = await self._agent(tx, agent_id)
-                    result.draining = current.agent.state == agent_pb2.AGENT_STATE_DRAINING
-                    if result.draining:
-                        return result
+                await sub.wait(min(remaining, self._settings.recheck_interval))
+                # Re-read: a job claimed during this poll may be the one being cancelled.
+                async with self._store.transaction() as tx:
+                    held = await tx.jobs_of_agent(agent_id)
+                    current = await self._agent(tx, agent_id)
+                result.draining = current.agent.state == agent_pb2.AGENT_STATE_DRAINING
+                if result.draining:
+                    return result
 
     async def _fenced(self, tx: Transaction, fence: Fence) -> StoredJob:
         """The job if ``fence`` names its current attempt; FAILED_PRECONDITION otherwise."""
@@ -311,9 +311,20 @@ class Agents:
                         "be rejected",
                         reason="CANNOT_REJECT",
                     )
+                stored.lease_expires = 0.0
+                stored.deadline = 0.0
+                if job.cancel_requested:  # the cancel wins: the job must not run elsewhere
+                    await change_state(
+                        tx,
+                        stored,
+                        S.JOB_STATE_CANCELED,
+                        now=now,
+                        message=f"canceled by {job.canceled_by}",
+                        actor=actor,
+                    )
+                    return job
                 job.agent_id = ""
                 stored.lease_token = ""
-                stored.lease_expires = 0.0
                 await change_state(
                     tx,
                     stored,
@@ -507,6 +518,7 @@ class Agents:
                 tx, stored, S.JOB_STATE_PENDING, now=now, message=message, actor=actor
             )
             job.agent_id = ""
+            stored.lease_token = ""  # nothing more from the released attempt is accepted
             await tx.update_job(stored)
             tx.topics.add(queue_topic(job.spec.queue))
         return job

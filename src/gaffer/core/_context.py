@@ -25,8 +25,9 @@ class CoreSettings:
     timeout_grace: float = 1.0
     # How often the sweeper looks for lapsed leases and deadlines.
     sweep_interval: float = 0.5
-    # A claim long poll re-checks this often for jobs whose retry backoff ended.
-    claim_recheck: float = 1.0
+    # Long polls (claim, heartbeat, wait) re-check the store this often even when no wake-up
+    # came: for jobs whose retry backoff ended, and for wake-ups another replica's lost.
+    recheck_interval: float = 1.0
     keepalive_default: float = 15.0
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], float] = time.time

@@ -178,10 +178,11 @@ class Jobs:
                 stored = await self._get(caller, job_id)
                 if is_finished(stored.job.state):
                     return self._present(stored)
+                recheck = self._settings.recheck_interval
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return self._present(stored)
-                await sub.wait(remaining)
+                await sub.wait(recheck if remaining is None else min(remaining, recheck))
 
     async def events(
         self,

@@ -110,7 +110,12 @@ def check_relative_path(path: str, field: str, limits: Limits, out: list[FieldVi
         out.append(FieldViolation(field, "must not be empty"))
     elif len(path) > limits.max_path_chars:
         out.append(FieldViolation(field, f"is longer than {limits.max_path_chars} characters"))
-    elif "\0" in path or PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
+    elif (
+        "\0" in path
+        or PurePosixPath(path).is_absolute()
+        or ".." in PurePosixPath(path).parts
+        or PurePosixPath(path) == PurePosixPath(".")
+    ):
         out.append(FieldViolation(field, "must be a relative path inside the working directory"))
 
 

@@ -1,0 +1,103 @@
+"""Cancel orders and hand-backs through the real AgentService: who wins, and what is fenced."""
+
+from __future__ import annotations
+
+import grpc
+
+from gaffer.v1 import agent_service_pb2 as apb
+from gaffer.v1 import job_pb2
+from gaffer.v1 import job_service_pb2 as jpb
+from tests.e2e.conftest import CALL_TIMEOUT, Api, HandAgent, duration, failure
+
+S = job_pb2.JobState
+
+
+def heartbeat(
+    agent: HandAgent, *running: apb.JobAssignment, wait: float = 0.0
+) -> apb.HeartbeatResponse:
+    return agent.api.agents.Heartbeat(
+        apb.HeartbeatRequest(
+            agent_id=agent.id,
+            running=[apb.AttemptRef(job_id=a.job.id, attempt=a.attempt) for a in running],
+            wait=duration(wait),
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+
+
+def release(agent: HandAgent, a: apb.JobAssignment, reason: str = "") -> job_pb2.Job:
+    return agent.api.agents.ReleaseJob(
+        apb.ReleaseJobRequest(**agent.fence(a), reason=reason), timeout=CALL_TIMEOUT
+    ).job
+
+
+def test_a_cancel_during_validation_wins_over_a_rejection(api: Api) -> None:
+    agent = api.agent()
+    job = api.submit(queue=agent.queue)
+    a = agent.claim_one()
+    agent.update(a, S.JOB_STATE_VALIDATING)
+    api.jobs.CancelJob(jpb.CancelJobRequest(job_id=job.id), timeout=CALL_TIMEOUT)
+    agent.api.agents.UpdateJobStatus(
+        apb.UpdateJobStatusRequest(**agent.fence(a), reject=True, message="cannot run it"),
+        timeout=CALL_TIMEOUT,
+    )
+    after = api.get(job.id)
+    assert after.state == S.JOB_STATE_CANCELED
+    assert after.canceled_by.startswith("client:")
+    # It is not handed to anyone else.
+    other = api.agent(agent.queue)
+    claimed = api.agents.ClaimJob(apb.ClaimJobRequest(agent_id=other.id), timeout=CALL_TIMEOUT)
+    assert list(claimed.assignments) == []
+
+
+def test_cancel_orders_are_redelivered_until_the_attempt_ends(api: Api) -> None:
+    agent = api.agent()
+    job = api.submit(queue=agent.queue)
+    a = agent.claim_one()
+    agent.start(a)
+    api.jobs.CancelJob(jpb.CancelJobRequest(job_id=job.id, reason="stop"), timeout=CALL_TIMEOUT)
+    # An agent that lost the first answer (a reconnect) is told again.
+    for _ in range(2):
+        orders = heartbeat(agent, a, wait=5.0).cancel
+        assert [(o.job_id, o.attempt) for o in orders] == [(job.id, a.attempt)]
+    # Once it says it is cancelling, the long poll waits instead of repeating the order.
+    canceling = agent.api.agents.Heartbeat(
+        apb.HeartbeatRequest(
+            agent_id=agent.id,
+            running=[apb.AttemptRef(job_id=job.id, attempt=a.attempt)],
+            canceling=[apb.AttemptRef(job_id=job.id, attempt=a.attempt)],
+            wait=duration(0.3),
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    assert list(canceling.cancel) == []
+    agent.complete(a, S.JOB_STATE_FAILED, exit_code=143, message="killed")
+    done = api.get(job.id)
+    assert done.state == S.JOB_STATE_CANCELED and done.exit_code == 143
+    assert list(heartbeat(agent).cancel) == []
+
+
+def test_a_released_attempt_is_queued_at_once_and_fenced(api: Api) -> None:
+    agent = api.agent()
+    job = api.submit(queue=agent.queue, retry_policy=job_pb2.RetryPolicy(max_attempts=1))
+    a = agent.claim_one()
+    agent.start(a)
+    released = release(agent, a, "agent shutting down")
+    assert released.state == S.JOB_STATE_PENDING
+    assert released.history[-1].message.endswith("agent shutting down")
+    assert released.history[-1].attempt == 1
+    # Nothing more from the released attempt counts.
+    refused = failure(lambda: agent.complete(a))
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+    # Another agent gets it at once as attempt 2; a release is not a failure of the job.
+    b = api.agent(agent.queue).claim_one()
+    assert (b.job.id, b.attempt) == (job.id, 2)
+
+
+def test_releasing_a_cancelled_attempt_ends_the_job(api: Api) -> None:
+    agent = api.agent()
+    job = api.submit(queue=agent.queue)
+    a = agent.claim_one()
+    agent.start(a)
+    api.jobs.CancelJob(jpb.CancelJobRequest(job_id=job.id), timeout=CALL_TIMEOUT)
+    assert release(agent, a).state == S.JOB_STATE_CANCELED
