@@ -21,6 +21,20 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p = sub.add_parser("server", help="run the server on the embedded store")
     _server_options(p)
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address")
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="calls served at once, streams included; more get RESOURCE_EXHAUSTED "
+        "(default 20000, 0: no limit)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
     p.set_defaults(main=server)
 
     p = sub.add_parser("agent", parents=[common], help="run an agent that claims and runs jobs")
@@ -112,6 +126,10 @@ def _print_listening(address: str) -> None:
     print(f"gaffer server listening on {address}", flush=True)
 
 
+def _print_metrics(address: str) -> None:
+    print(f"gaffer metrics on http://{address}/metrics", flush=True)
+
+
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -123,9 +141,15 @@ def server(args: argparse.Namespace) -> int:
     """``gaffer server``: serves until SIGTERM or SIGINT."""
     from gaffer.server import ServerConfig, run_server
 
-    config = ServerConfig(listen=args.listen, data_dir=args.data_dir, insecure=args.insecure)
+    config = ServerConfig(
+        listen=args.listen,
+        data_dir=args.data_dir,
+        insecure=args.insecure,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        metrics_listen=args.metrics_listen,
+    )
     try:
-        asyncio.run(run_server(config, on_ready=_print_listening))
+        asyncio.run(run_server(config, on_ready=_print_listening, on_metrics=_print_metrics))
     except ValueError as error:  # the listen address was refused
         raise UsageError(str(error)) from error
     return 0

@@ -17,7 +17,9 @@ from gaffer.core import Agents, CoreSettings, Jobs, run_sweeper
 from gaffer.domain import StoreUnavailable
 from gaffer.server._agent_servicer import AgentServicer
 from gaffer.server._config import ServerConfig, check_listen
+from gaffer.server._handlers import GuardInterceptor
 from gaffer.server._job_servicer import JobServicer
+from gaffer.server._metrics import Metrics, serve_metrics
 from gaffer.store import BlobStore, Notifier, SqliteStore, Store
 from gaffer.v1 import (
     agent_service_pb2,
@@ -61,6 +63,9 @@ class RunningServer:
     notifier: Notifier
     health: health.aio.HealthServicer
     grace: float
+    metrics: Metrics = field(default_factory=Metrics)
+    metrics_address: str = ""
+    _metrics_server: asyncio.Server | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -72,6 +77,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.notifier.close()
         await self.server.stop(self.grace)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -83,14 +90,25 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+async def _probe(store: Store) -> None:
+    """Raises StoreUnavailable unless the store answers a read and can begin a write.
+
+    The empty write transaction catches what a read cannot: a database locked by another
+    process, a read-only file system, a primary that refuses writes.
+    """
+    await store.ping()
+    async with store.transaction():
+        pass
+
+
 async def _watch_store(
-    store: Store, servicer: health.aio.HealthServicer, stop: asyncio.Event
+    store: Store, servicer: health.aio.HealthServicer, stop: asyncio.Event, metrics: Metrics
 ) -> None:
     """Keeps health in step with the store: NOT_SERVING while it cannot answer."""
     serving: bool | None = None
     while not stop.is_set():
         try:
-            await store.ping()
+            await _probe(store)
             ok = True
         except StoreUnavailable as exc:
             ok = False
@@ -102,9 +120,12 @@ async def _watch_store(
                 if ok
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
+            if stop.is_set():
+                return  # shutting down: health stays NOT_SERVING
             for service in HEALTH_SERVICES:
                 await servicer.set(service, status)
             serving = ok
+            metrics.store_up = int(ok)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STORE_CHECK_INTERVAL)
 
@@ -134,7 +155,16 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     if extended:
         log.info("kept %d held attempts for one lease ttl while their agents reconnect", extended)
 
-    server = grpc.aio.server(options=grpc_options(config))
+    metrics = Metrics()
+    metrics.extra["gaffer_notifier_subscriptions"] = (
+        "Readers waiting on store changes (streams, long polls).",
+        notifier.subscriber_count,
+    )
+    server = grpc.aio.server(
+        options=grpc_options(config),
+        interceptors=[GuardInterceptor(metrics)],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
+    )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(jobs, config.limits, settings.keepalive_default), server
     )
@@ -151,6 +181,13 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     except RuntimeError as exc:
         await store.close()
         raise ValueError(f"cannot listen on {config.listen}: {exc}") from exc
+    metrics_server, metrics_address = None, ""
+    if config.metrics_listen:
+        try:
+            metrics_server, metrics_address = await serve_metrics(config.metrics_listen, metrics)
+        except ValueError:
+            await store.close()
+            raise
     host = config.listen.rpartition(":")[0]
     await server.start()
     running = RunningServer(
@@ -160,22 +197,32 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         notifier=notifier,
         health=health_servicer,
         grace=config.shutdown_grace,
+        metrics=metrics,
+        metrics_address=metrics_address,
+        _metrics_server=metrics_server,
     )
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     running._tasks.append(
         asyncio.create_task(run_sweeper(agents, config.sweep_interval, running._stop))
     )
-    running._tasks.append(asyncio.create_task(_watch_store(store, health_servicer, running._stop)))
+    running._tasks.append(
+        asyncio.create_task(_watch_store(store, health_servicer, running._stop, metrics))
+    )
     log.info("gaffer server listening on %s (data dir %s)", running.address, config.data_dir)
     return running
 
 
 async def run_server(
-    config: ServerConfig, *, on_ready: Callable[[str], None] | None = None
+    config: ServerConfig,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    on_metrics: Callable[[str], None] | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
     running = await start_server(config)
+    if on_metrics is not None and running.metrics_address:
+        on_metrics(running.metrics_address)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

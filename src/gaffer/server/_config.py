@@ -24,6 +24,9 @@ class ServerConfig:
         max_connection_age: seconds before a connection is asked to reconnect (0: never),
             so that balancers spread long-lived clients.
         sqlite_synchronous: SQLite's `synchronous` pragma; FULL survives power loss.
+        max_concurrent_rpcs: calls served at once (streams and long polls included); past it a
+            call is refused at once with RESOURCE_EXHAUSTED. 0: no limit.
+        metrics_listen: host:port of a Prometheus text endpoint (``/metrics``); empty: none.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -37,6 +40,8 @@ class ServerConfig:
     max_connection_age: float = 0.0
     keepalive_time: float = 30.0
     sqlite_synchronous: str = "FULL"
+    max_concurrent_rpcs: int = 20_000
+    metrics_listen: str = ""
     limits: Limits = field(default_factory=Limits)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from gaffer.domain import FieldViolation, InvalidArgument, Limits, check_enum_values
 from gaffer.domain._validation import check_labels
@@ -11,6 +11,27 @@ from gaffer.v1 import job_pb2, job_service_pb2
 
 MIN_KEEPALIVE = 0.1
 MAX_KEEPALIVE = 3600.0
+MAX_DURATION_SECONDS = 315_576_000_000  # the range google.protobuf.Duration defines
+
+
+def duration_seconds(value: duration_pb2.Duration, field: str) -> float:
+    """A Duration as seconds; INVALID_ARGUMENT when it is outside the range Duration defines."""
+    seconds, nanos = value.seconds, value.nanos
+    if (
+        abs(seconds) > MAX_DURATION_SECONDS
+        or abs(nanos) > 999_999_999
+        or (seconds and nanos and (seconds < 0) != (nanos < 0))
+    ):
+        raise InvalidArgument.single(field, "is not a valid Duration")
+    return seconds + nanos / 1e9
+
+
+def timestamp_seconds(value: timestamp_pb2.Timestamp, field: str) -> float:
+    """A Timestamp as seconds; INVALID_ARGUMENT when it is outside years 1 to 9999."""
+    try:
+        return value.ToNanoseconds() / 1e9
+    except ValueError:
+        raise InvalidArgument.single(field, "is not a valid Timestamp") from None
 
 
 def job_query(flt: job_service_pb2.JobFilter, limits: Limits, field: str = "filter") -> JobQuery:
@@ -20,8 +41,11 @@ def job_query(flt: job_service_pb2.JobFilter, limits: Limits, field: str = "filt
     )
     check_labels(flt.labels, f"{field}.labels", limits, violations)
     check_labels(flt.exclude_labels, f"{field}.exclude_labels", limits, violations)
-    after = flt.created_after.ToNanoseconds() / 1e9 if flt.HasField("created_after") else None
-    before = flt.created_before.ToNanoseconds() / 1e9 if flt.HasField("created_before") else None
+    after = before = None
+    if flt.HasField("created_after"):
+        after = timestamp_seconds(flt.created_after, f"{field}.created_after")
+    if flt.HasField("created_before"):
+        before = timestamp_seconds(flt.created_before, f"{field}.created_before")
     if after is not None and before is not None and after >= before:
         violations.append(
             FieldViolation(f"{field}.created_before", "must be later than created_after")
@@ -43,7 +67,7 @@ def job_query(flt: job_service_pb2.JobFilter, limits: Limits, field: str = "filt
 def keepalive_seconds(value: duration_pb2.Duration, default: float, field: str) -> float:
     if not value.ByteSize():
         return default
-    seconds = value.ToTimedelta().total_seconds()
+    seconds = duration_seconds(value, field)
     if not MIN_KEEPALIVE <= seconds <= MAX_KEEPALIVE:
         raise InvalidArgument.single(
             field, f"must be between {MIN_KEEPALIVE} s and {MAX_KEEPALIVE:.0f} s"
@@ -55,7 +79,7 @@ def wait_seconds(value: duration_pb2.Duration, field: str, maximum: float) -> fl
     """A wait/timeout Duration: None when unset, INVALID_ARGUMENT when negative or too long."""
     if not value.ByteSize():
         return None
-    seconds = value.ToTimedelta().total_seconds()
+    seconds = duration_seconds(value, field)
     if seconds < 0:
         raise InvalidArgument.single(field, "must not be negative")
     if seconds > maximum:

@@ -1,15 +1,21 @@
-"""Decorators that put every servicer method behind the one error table."""
+"""Decorators that put every servicer method behind the one error table, and the interceptor
+that guards every call on the server (undecodable requests, gauges)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
+from gaffer.domain import InvalidArgument
+from gaffer.server._convert import duration_seconds
 from gaffer.server._errors import abort
+from gaffer.server._metrics import Metrics
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -52,7 +58,9 @@ def server_stream(
 
 def seconds(duration: Any, default: float | None) -> float | None:
     """A Duration field as seconds, or ``default`` when unset."""
-    return duration.ToTimedelta().total_seconds() if duration.ByteSize() else default
+    if not duration.ByteSize():
+        return default
+    return duration_seconds(duration, "duration")
 
 
 def call_budget(context: Ctx, requested: float | None, margin: float = 0.05) -> float | None:
@@ -62,3 +70,140 @@ def call_budget(context: Ctx, requested: float | None, margin: float = 0.05) -> 
         return requested
     left = max(0.0, remaining - margin)
     return left if requested is None else min(requested, left)
+
+
+class _Undecodable:
+    """What a request deserializer hands on for bytes that are not the expected message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, answering bad bytes with an _Undecodable instead of raising.
+
+    grpc.aio ends a call whose request cannot be parsed with UNKNOWN; this lets the call end
+    with INVALID_ARGUMENT (reason MALFORMED_REQUEST) through the one error table instead.
+    """
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(
+                InvalidArgument.single(
+                    "request", f"is not a valid message: {exc}", reason="MALFORMED_REQUEST"
+                )
+            )
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every method: undecodable requests become INVALID_ARGUMENT, any error the method
+    lets out goes through the error table, and ``metrics`` counts calls and open streams."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None  # UNIMPLEMENTED
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any) -> Any:
+        changes: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
+        if handler.unary_unary is not None:
+            changes["unary_unary"] = self._unary(handler.unary_unary, streaming_in=False)
+        elif handler.stream_unary is not None:
+            changes["stream_unary"] = self._unary(handler.stream_unary, streaming_in=True)
+        elif handler.unary_stream is not None:
+            changes["unary_stream"] = self._stream(handler.unary_stream, streaming_in=False)
+        elif handler.stream_stream is not None:
+            changes["stream_stream"] = self._stream(handler.stream_stream, streaming_in=True)
+        return handler._replace(**changes)
+
+    @contextlib.contextmanager
+    def _counted(self, stream: bool) -> Any:
+        metrics = self._metrics
+        metrics.rpcs_in_flight += 1
+        metrics.open_streams += stream
+        try:
+            yield
+        finally:
+            metrics.rpcs_in_flight -= 1
+            metrics.open_streams -= stream
+
+    def _unary(self, behavior: Callable[..., Any], *, streaming_in: bool) -> Callable[..., Any]:
+        async def call(request: Any, context: Ctx) -> Any:
+            with self._counted(stream=False):
+                try:
+                    if streaming_in:
+                        request = _checked(request)
+                    elif isinstance(request, _Undecodable):
+                        raise request.error
+                    return await behavior(request, context)
+                except _PASS_THROUGH:
+                    raise
+                except BaseException as exc:
+                    await abort(context, exc)
+
+        return call
+
+    def _stream(self, behavior: Callable[..., Any], *, streaming_in: bool) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(behavior):
+            # Writes with context.write() and returns (the health Watch does).
+            async def write_call(request: Any, context: Ctx) -> Any:
+                with self._counted(stream=True):
+                    try:
+                        if streaming_in:
+                            request = _checked(request)
+                        elif isinstance(request, _Undecodable):
+                            raise request.error
+                        return await behavior(request, context)
+                    except _PASS_THROUGH:
+                        raise
+                    except BaseException as exc:
+                        await abort(context, exc)
+
+            return write_call
+
+        async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            # Each yield waits until grpc has sent the message, which HTTP/2 flow control holds
+            # back while the reader is slow: a stream buffers at most one batch of its own, and
+            # the transport at most the reader's window (tests/e2e/test_bounded_slow_reader.py).
+            with self._counted(stream=True):
+                try:
+                    if streaming_in:
+                        request = _checked(request)
+                    elif isinstance(request, _Undecodable):
+                        raise request.error
+                    async with contextlib.aclosing(behavior(request, context)) as items:
+                        async for item in items:
+                            yield item
+                except _PASS_THROUGH:
+                    raise
+                except BaseException as exc:
+                    await abort(context, exc)
+
+        return call

@@ -437,11 +437,31 @@ class SqliteStore(Store):
         params: list[Any] = [job_id, attempt]
         for stream, offset in offsets.items():
             params.extend([stream, offset])
-        rows = await self._r.execute_fetchall(
-            "SELECT stream, offset, data FROM log_chunks WHERE job_id = ? AND attempt = ?"
+        # Sizes first (length() of a blob does not load it), then only the blobs that fit in
+        # max_bytes: a reader never pulls more than about one batch into memory.
+        sizes = await self._r.execute_fetchall(
+            "SELECT rowid, length(data) FROM log_chunks WHERE job_id = ? AND attempt = ?"
             f" AND ({conds}) ORDER BY rowid LIMIT 256",
             params,
         )
+        wanted: list[int] = []
+        budget = 0
+        for rowid, length in sizes:
+            wanted.append(rowid)
+            budget += length
+            if budget >= max_bytes:
+                break
+        if not wanted:
+            return []
+        found = {
+            row[0]: row[1:]
+            for row in await self._r.execute_fetchall(
+                "SELECT rowid, stream, offset, data FROM log_chunks"
+                f" WHERE rowid IN ({','.join('?' * len(wanted))})",
+                wanted,
+            )
+        }
+        rows = [found[rowid] for rowid in wanted if rowid in found]
         chunks: list[job_pb2.LogChunk] = []
         total = 0
         for stream, offset, data in rows:
