@@ -130,7 +130,25 @@ async def _watch_store(
             await asyncio.wait_for(stop.wait(), STORE_CHECK_INTERVAL)
 
 
-async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
+def open_store(config: ServerConfig, notifier: Notifier) -> Store:
+    """The store the config names: PostgreSQL for ``database_url``, else SQLite in data_dir.
+
+    The store gets the server's own notifier, so wake-ups from other replicas reach the
+    streams and long polls of this one.
+    """
+    if config.database_url:
+        from gaffer.store import PostgresStore
+
+        return PostgresStore(
+            config.database_url,
+            notifier,
+            blob_dir=config.data_dir / "blobs",
+            notify=config.pg_notify,
+        )
+    return SqliteStore(config.data_dir, notifier, synchronous=config.sqlite_synchronous)
+
+
+async def start_server(config: ServerConfig) -> RunningServer:
     """Opens the store, binds ``config.listen`` and starts serving.
 
     Raises:
@@ -138,8 +156,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     """
     check_listen(config)
     notifier = Notifier()
-    if store is None:
-        store = SqliteStore(config.data_dir, notifier, synchronous=config.sqlite_synchronous)
+    store = open_store(config, notifier)
     await store.open()
     settings = CoreSettings(
         lease_ttl=config.lease_ttl,

@@ -27,6 +27,11 @@ class ServerConfig:
         max_concurrent_rpcs: calls served at once (streams and long polls included); past it a
             call is refused at once with RESOURCE_EXHAUSTED. 0: no limit.
         metrics_listen: host:port of a Prometheus text endpoint (``/metrics``); empty: none.
+        database_url: a ``postgresql://`` URL: use PostgreSQL (replicas share it) instead of
+            the embedded SQLite store; artifact bytes then live under ``data_dir/blobs``,
+            which replicas must share.
+        pg_notify: send and listen for LISTEN/NOTIFY wake-ups across replicas; False is a
+            test switch (work is still found by re-checks, only later).
     """
 
     listen: str = "127.0.0.1:50051"
@@ -42,6 +47,8 @@ class ServerConfig:
     sqlite_synchronous: str = "FULL"
     max_concurrent_rpcs: int = 20_000
     metrics_listen: str = ""
+    database_url: str = ""
+    pg_notify: bool = True
     limits: Limits = field(default_factory=Limits)
 
 
