@@ -52,3 +52,8 @@ run: install
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# The long chaos run (500 jobs; agents and the server SIGKILLed); prints lost = 0, duplicated = 0.
+.PHONY: chaos
+chaos: install
+	$(PY) -m tests.chaos

@@ -21,6 +21,20 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p = sub.add_parser("server", help="run the server on the embedded store")
     _server_options(p)
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address")
+    p.add_argument("--lease-ttl", type=duration, default=15.0, metavar="T", help="default 15s")
+    p.add_argument(
+        "--heartbeat-interval", type=duration, default=5.0, metavar="T", help="default 5s"
+    )
+    p.add_argument(
+        "--sweep-interval", type=duration, default=0.5, metavar="T", help="default 500ms"
+    )
+    p.add_argument(
+        "--timeout-grace",
+        type=duration,
+        default=1.0,
+        metavar="T",
+        help="past a job's timeout before the server fails it (default 1s)",
+    )
     p.add_argument(
         "--max-concurrent-rpcs",
         type=int,
@@ -147,6 +161,10 @@ def server(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         metrics_listen=args.metrics_listen,
+        lease_ttl=args.lease_ttl,
+        heartbeat_interval=args.heartbeat_interval,
+        sweep_interval=args.sweep_interval,
+        timeout_grace=args.timeout_grace,
     )
     try:
         asyncio.run(run_server(config, on_ready=_print_listening, on_metrics=_print_metrics))
