@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from gaffer.v1 import job_pb2
 from tests.chaos.procs import is_alive, kill_pids
 from tests.chaos.rig import FAST_LEASES, Rig, claims, finals
@@ -82,12 +80,6 @@ def test_killed_agent_job_is_retried_on_another_agent(tmp_path: Path) -> None:
         assert without_timings(rig.get(job.id)) == without_timings(done)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Heartbeat renews every lease held under the agent id (store.renew_leases), "
-    "also attempts the heartbeat does not list; an agent restarted under the same name gets "
-    "the same id, so its dead predecessor's attempt is renewed forever and never retried",
-)
 def test_agent_restarted_under_same_name_does_not_keep_dead_attempts_alive(
     tmp_path: Path,
 ) -> None:

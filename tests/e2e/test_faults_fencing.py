@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import grpc
-import pytest
 
 from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import job_pb2
@@ -141,11 +140,6 @@ def test_every_late_write_of_a_superseded_attempt_is_refused(tmp_path: Path) -> 
         assert not listed.artifacts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CompleteJob from an attempt whose lease lapsed (the job queued again for a "
-    "retry) answers accepted=True, as if its outcome were recorded (core/_agents.py complete())",
-)
 def test_late_complete_of_a_lapsed_attempt_is_not_accepted(tmp_path: Path) -> None:
     with Rig(tmp_path, *FAST_LEASES) as rig:
         job = rig.submit(WRITER, retry_policy=job_pb2.RetryPolicy(max_attempts=2))

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 from google.protobuf import duration_pb2
 
 from gaffer.v1 import job_pb2
@@ -90,12 +89,6 @@ def test_server_fails_a_timed_out_job_whose_agent_is_frozen(tmp_path: Path) -> N
         assert len(finals(after)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CompleteJob from an attempt the server already ended (timeout, or a lapsed "
-    "lease) answers accepted=True whatever the agent reports (core/_agents.py complete(): the "
-    "'already the recorded one' shortcut compares job, attempt and token, not the outcome)",
-)
 def test_late_complete_after_server_timeout_is_not_accepted(tmp_path: Path) -> None:
     with Rig(tmp_path, *SERVER_FLAGS) as rig:
         job = rig.submit(["sleep", "60"], timeout=ONE_SECOND)

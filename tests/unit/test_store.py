@@ -196,7 +196,11 @@ async def test_leases_renew_and_lapse(store: Store) -> None:
         await tx.update_job(held)
         assert [j.job.id for j in await tx.jobs_of_agent("a1")] == [held.job.id]
         assert [j.job.id for j in await tx.lapsed_jobs(150.0, 10)] == [held.job.id]
-        await tx.renew_leases("a1", 200.0)
+        await tx.renew_leases("a1", 200.0, [])  # the agent no longer lists it: not renewed
+        assert [j.job.id for j in await tx.lapsed_jobs(150.0, 10)] == [held.job.id]
+        await tx.renew_leases("other-agent", 200.0, [held.job.id])  # not its holder
+        assert [j.job.id for j in await tx.lapsed_jobs(150.0, 10)] == [held.job.id]
+        await tx.renew_leases("a1", 200.0, [held.job.id])
         assert await tx.lapsed_jobs(150.0, 10) == []
 
 

@@ -116,6 +116,13 @@ class Agents:
         now = self._now()
         async with self._store.transaction() as tx:
             stored = await tx.get_agent_by_name(name)
+            if stored is not None:
+                # A process registering under a known name is a new one: whatever its
+                # predecessor held is abandoned now (the sweeper retries it) rather than
+                # after a lease ttl.
+                for held in await tx.jobs_of_agent(stored.agent.id):
+                    held.lease_expires = min(held.lease_expires, now)
+                    await tx.update_job(held)
             if stored is None:
                 agent = agent_pb2.Agent(id=new_agent_id(), name=name)
                 agent.register_time.CopyFrom(timestamp(now))
@@ -236,7 +243,11 @@ class Agents:
                 if agent.state == agent_pb2.AGENT_STATE_OFFLINE:
                     agent.state = agent_pb2.AGENT_STATE_ACTIVE
                 await tx.put_agent(stored_agent)
-                await tx.renew_leases(agent_id, result.lease_expires)
+                # Only what the agent says it runs: a predecessor's attempts (the agent restarted
+                # under the same name) or a claim whose answer was lost must lapse, not live on.
+                await tx.renew_leases(
+                    agent_id, result.lease_expires, sorted({r.job_id for r in running})
+                )
                 held = await tx.jobs_of_agent(agent_id)
             held_refs = {(s.job.id, s.job.attempt) for s in held}
             result.lost = [r for r in running if (r.job_id, r.attempt) not in held_refs]
@@ -440,16 +451,19 @@ class Agents:
                 stored is not None
                 and stored.job.attempt == fence.attempt
                 and stored.lease_token == fence.lease_token
-                and is_finished(stored.job.state)
+                and (is_finished(stored.job.state) or stored.job.state == S.JOB_STATE_PENDING)
             ):
-                return True, stored.job  # this attempt's outcome is already the recorded one
-            if (
-                stored is not None
-                and stored.job.attempt == fence.attempt
-                and stored.lease_token == fence.lease_token
-                and stored.job.state == S.JOB_STATE_PENDING
-            ):
-                return True, stored.job  # this attempt's failure was recorded; a retry is queued
+                if stored.job.history and stored.job.history[-1].actor == "server":
+                    # The server ended this attempt (timeout, lapsed lease): the agent's word
+                    # came too late and is not the recorded outcome.
+                    raise FailedPrecondition(
+                        f"attempt {fence.attempt} of job {fence.job_id} was already ended by "
+                        f"the server: {stored.job.history[-1].message}",
+                        reason="ATTEMPT_NOT_ACTIVE",
+                    )
+                # A repeat: this attempt's outcome (or its failure, with a retry queued) is the
+                # recorded one.
+                return True, stored.job
             stored = await self._fenced(tx, fence)
             job = stored.job
             agent = await tx.get_agent(job.agent_id) if job.agent_id else None

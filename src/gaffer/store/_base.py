@@ -121,8 +121,8 @@ class Transaction(abc.ABC):
         """Jobs whose current attempt the agent holds."""
 
     @abc.abstractmethod
-    async def renew_leases(self, agent_id: str, expires: float) -> None:
-        """Extends every lease the agent holds."""
+    async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
+        """Extends the agent's leases on these jobs (only those it says it still runs)."""
 
     @abc.abstractmethod
     async def extend_leases(self, at_least: float) -> int:

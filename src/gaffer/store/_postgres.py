@@ -251,12 +251,16 @@ class _PostgresTransaction(Transaction):
         )
         return [_job_from_row(r) for r in rows]
 
-    async def renew_leases(self, agent_id: str, expires: float) -> None:
+    async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
         await self._execute(
             "UPDATE jobs SET lease_expires = $1 WHERE seq IN (SELECT seq FROM jobs"
-            " WHERE agent_id = $2 AND state IN (2,3,4,5) FOR UPDATE SKIP LOCKED)",
+            " WHERE agent_id = $2 AND state IN (2,3,4,5) AND id = ANY($3::text[])"
+            " FOR UPDATE SKIP LOCKED)",
             expires,
             agent_id,
+            list(job_ids),
         )
 
     async def extend_leases(self, at_least: float) -> int:

@@ -180,10 +180,13 @@ class _SqliteTransaction(Transaction):
         )
         return [_job_from_row(r) for r in rows]
 
-    async def renew_leases(self, agent_id: str, expires: float) -> None:
+    async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
         await self._conn.execute(
-            "UPDATE jobs SET lease_expires = ? WHERE agent_id = ? AND state IN (2,3,4,5)",
-            (expires, agent_id),
+            "UPDATE jobs SET lease_expires = ? WHERE agent_id = ? AND state IN (2,3,4,5)"
+            f" AND id IN ({','.join('?' * len(job_ids))})",
+            (expires, agent_id, *job_ids),
         )
 
     async def extend_leases(self, at_least: float) -> int:
