@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     )
     # Jobs run by a local agent inherit this PATH and LANG (library code never reads the env).
     args.job_env = {k: environ[k] for k in ("PATH", "LANG") if k in environ}
+    args.env_database_url = environ.get("GAFFER_DATABASE_URL", "")
     try:
         if hasattr(args, "run"):
             return asyncio.run(_run_client_command(args))

@@ -21,6 +21,18 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p = sub.add_parser("server", help="run the server on the embedded store")
     _server_options(p)
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address")
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="postgresql://... : share one PostgreSQL among replicas (env GAFFER_DATABASE_URL); "
+        "default: the embedded SQLite store in --data-dir",
+    )
+    p.add_argument(
+        "--pg-notify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="LISTEN/NOTIFY wake-ups across replicas (--no-pg-notify: a test switch)",
+    )
     p.add_argument("--lease-ttl", type=duration, default=15.0, metavar="T", help="default 15s")
     p.add_argument(
         "--heartbeat-interval", type=duration, default=5.0, metavar="T", help="default 5s"
@@ -165,6 +177,8 @@ def server(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         sweep_interval=args.sweep_interval,
         timeout_grace=args.timeout_grace,
+        database_url=args.database_url or getattr(args, "env_database_url", ""),
+        pg_notify=args.pg_notify,
     )
     try:
         asyncio.run(run_server(config, on_ready=_print_listening, on_metrics=_print_metrics))
