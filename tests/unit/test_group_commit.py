@@ -127,3 +127,28 @@ async def test_a_failed_commit_reaches_every_caller(tmp_path: Path) -> None:
     finally:
         await committer.close()
         await conn.close()
+
+
+async def test_only_batches_holding_a_durable_transaction_are_synced(tmp_path: Path) -> None:
+    conn = await aiosqlite.connect(tmp_path / "t.db", isolation_level=None)
+    await conn.execute("CREATE TABLE t (v INTEGER)")
+    syncs: list[int] = []
+
+    async def execute(sql: str) -> None:
+        await conn.execute(sql)
+
+    async def sync() -> None:
+        syncs.append(len(await values(conn)))
+
+    committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable, sync=sync)
+    committer.start()
+    try:
+        async with committer.transaction(lambda: None, durable=False):
+            await conn.execute("INSERT INTO t VALUES (1)")
+        assert syncs == []
+        async with committer.transaction(lambda: None):
+            await conn.execute("INSERT INTO t VALUES (2)")
+        assert syncs == [2]  # synced after the commit that holds it, before the caller returns
+    finally:
+        await committer.close()
+        await conn.close()

@@ -114,7 +114,7 @@ class Agents:
         if violations:
             raise InvalidArgument(violations, reason="INVALID_AGENT")
         now = self._now()
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             stored = await tx.get_agent_by_name(name)
             if stored is not None:
                 # A process registering under a known name is a new one: whatever its
@@ -175,7 +175,7 @@ class Agents:
     async def _claim_once(self, agent_id: str, max_jobs: int) -> list[tuple[StoredJob, float]]:
         now = self._now()
         claimed: list[tuple[StoredJob, float]] = []
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             stored_agent = await self._agent(tx, agent_id)
             agent = stored_agent.agent
             if agent.state == agent_pb2.AGENT_STATE_DRAINING:
@@ -235,7 +235,7 @@ class Agents:
         with self._notifier.subscribe(agent_topic(agent_id)) as sub:
             now = self._now()
             result = HeartbeatResult(lease_expires=now + self._settings.lease_ttl)
-            async with self._store.transaction() as tx:
+            async with self._store.transaction(durable=False) as tx:
                 stored_agent = await self._agent(tx, agent_id)
                 agent = stored_agent.agent
                 stored_agent.last_heartbeat = now
@@ -269,7 +269,7 @@ class Agents:
                 sub.clear()
                 await sub.wait(min(remaining, self._settings.recheck_interval))
                 # Re-read: a job claimed during this poll may be the one being cancelled.
-                async with self._store.transaction() as tx:
+                async with self._store.transaction(durable=False) as tx:
                     held = await tx.jobs_of_agent(agent_id)
                     current = await self._agent(tx, agent_id)
                 result.draining = current.agent.state == agent_pb2.AGENT_STATE_DRAINING
@@ -310,7 +310,7 @@ class Agents:
                 "state", "must be VALIDATING, RUNNING or UPLOADING", reason="INVALID_STATE"
             )
         now = self._now()
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             stored = await self._fenced(tx, fence)
             job = stored.job
             agent = (await tx.get_agent(job.agent_id) or None) if job.agent_id else None
@@ -378,7 +378,7 @@ class Agents:
             raise InvalidArgument.single(
                 "chunk.data", f"is over {limits.max_log_chunk_bytes} bytes"
             )
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             await self._fenced(tx, fence)
             result = await tx.append_log(
                 fence.job_id, fence.attempt, chunk.stream, chunk.offset, chunk.data
@@ -407,7 +407,7 @@ class Agents:
             )
         if violations:
             raise InvalidArgument(violations, reason="INVALID_ARTIFACT")
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             await self._fenced(tx, fence)
         digest, size = await self._blobs.put(
             chunks,
@@ -422,7 +422,7 @@ class Agents:
             attempt=header.attempt,
             create_time=timestamp(self._now()),
         )
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             await self._fenced(tx, fence)
             await tx.put_artifact(header.job_id, artifact)
         return artifact
@@ -445,7 +445,7 @@ class Agents:
         if len(result_json.encode()) > limits.max_stdin_bytes:
             raise InvalidArgument.single("result_json", f"is over {limits.max_stdin_bytes} bytes")
         now = self._now()
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             stored = await tx.get_job(fence.job_id)
             if (
                 stored is not None
@@ -511,7 +511,7 @@ class Agents:
         if len(reason) > limits.max_reason_chars:
             raise InvalidArgument.single("reason", f"is over {limits.max_reason_chars} characters")
         now = self._now()
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             stored = await self._fenced(tx, fence)
             job = stored.job
             agent = await tx.get_agent(job.agent_id) if job.agent_id else None
@@ -590,7 +590,7 @@ class Agents:
                 and now - stored.last_heartbeat > self._settings.lease_ttl
             ):
                 agent.state = agent_pb2.AGENT_STATE_OFFLINE
-            async with self._store.transaction() as tx:
+            async with self._store.transaction(durable=False) as tx:
                 held = await tx.jobs_of_agent(agent.id)
             agent.running.extend(
                 agent_pb2.AttemptRef(job_id=s.job.id, attempt=s.job.attempt) for s in held
@@ -612,14 +612,14 @@ class Agents:
         A server that was down longer than a lease must not fail attempts whose agents kept
         running and are about to reconnect; those that really died lapse one ttl later.
         """
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             return await tx.extend_leases(self._now() + self._settings.lease_ttl)
 
     async def sweep(self) -> int:
         """Ends or requeues attempts whose lease lapsed or whose deadline passed."""
         now = self._now()
         count = 0
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(durable=False) as tx:
             for stored in await tx.lapsed_jobs(now, 100):
                 job = stored.job
                 count += 1

@@ -23,7 +23,10 @@ class ServerConfig:
         shutdown_grace: seconds unary calls get to finish on SIGTERM.
         max_connection_age: seconds before a connection is asked to reconnect (0: never),
             so that balancers spread long-lived clients.
-        sqlite_synchronous: SQLite's `synchronous` pragma; FULL survives power loss.
+        sqlite_synchronous: SQLite's `synchronous` pragma. NORMAL (the default) still syncs
+            every batch that holds a submit or a cancel before answering; agents' reports
+            survive a crash of the process at once and of the machine once synced. FULL syncs
+            every commit.
         max_concurrent_rpcs: calls served at once (streams and long polls included); past it a
             call is refused at once with RESOURCE_EXHAUSTED. 0: no limit.
         metrics_listen: host:port of a Prometheus text endpoint (``/metrics``); empty: none.
@@ -44,7 +47,7 @@ class ServerConfig:
     shutdown_grace: float = 5.0
     max_connection_age: float = 0.0
     keepalive_time: float = 30.0
-    sqlite_synchronous: str = "FULL"
+    sqlite_synchronous: str = "NORMAL"
     max_concurrent_rpcs: int = 20_000
     metrics_listen: str = ""
     database_url: str = ""

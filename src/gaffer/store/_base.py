@@ -168,7 +168,13 @@ class Store(abc.ABC):
         """Raises StoreUnavailable when the store cannot answer."""
 
     @abc.abstractmethod
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Transaction]:
+        """A write transaction, committed before the context exits.
+
+        ``durable=False`` lets the commit skip waiting for the disk (it survives a crash of
+        the process, not of the machine): for agents' reports, which the lease and retry
+        machinery reconciles if lost, never for what a client is told was stored.
+        """
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> StoredJob | None: ...

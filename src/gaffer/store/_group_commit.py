@@ -36,6 +36,7 @@ class _Ticket:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     on_commit: Callable[[], None] | None = None
+    durable: bool = True
 
 
 class GroupCommitter:
@@ -46,6 +47,8 @@ class GroupCommitter:
         begin: the statement that opens a write transaction (``BEGIN IMMEDIATE`` for SQLite).
         max_batch: callers per database transaction at most.
         wrap_error: turns a failure of BEGIN/COMMIT into the error callers should see.
+        sync: makes a committed batch durable on disk; run after COMMIT when the batch holds
+            a durable transaction (None: every COMMIT is durable by itself).
     """
 
     def __init__(
@@ -55,11 +58,13 @@ class GroupCommitter:
         begin: str,
         max_batch: int = 512,
         wrap_error: Callable[[BaseException], BaseException],
+        sync: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._execute = execute
         self._begin = begin
         self._max_batch = max_batch
         self._wrap_error = wrap_error
+        self._sync = sync
         self._queue: collections.deque[_Ticket] = collections.deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -77,14 +82,17 @@ class GroupCommitter:
             self._writer = None
 
     @contextlib.asynccontextmanager
-    async def transaction(self, on_commit: Callable[[], None]) -> AsyncIterator[None]:
+    async def transaction(
+        self, on_commit: Callable[[], None], *, durable: bool = True
+    ) -> AsyncIterator[None]:
         """Runs the body inside the current batch; returns once the batch committed.
 
-        ``on_commit`` runs after the commit that holds the body's work (not on failure).
+        ``on_commit`` runs after the commit that holds the body's work (not on failure); a
+        ``durable`` body also waits until that commit is on disk.
         """
         if self._closed or self._writer is None:
             raise self._wrap_error(RuntimeError("the store is closed"))
-        ticket = _Ticket(on_commit=on_commit)
+        ticket = _Ticket(on_commit=on_commit, durable=durable)
         self._queue.append(ticket)
         self._wake.set()
         try:
@@ -132,6 +140,8 @@ class GroupCommitter:
                     batch.append(ticket)
             try:
                 await self._execute("COMMIT")
+                if self._sync is not None and any(t.durable for t in batch):
+                    await self._sync()
             except Exception as exc:
                 log.error("group commit failed: %s", exc)
                 with contextlib.suppress(Exception):

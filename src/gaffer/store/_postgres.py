@@ -496,7 +496,7 @@ class PostgresStore(Store):
                 await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
         pool = self._live_pool()
         with _mapped("begin"):
             conn = await pool.acquire()
@@ -505,6 +505,10 @@ class PostgresStore(Store):
             pg_tx = conn.transaction()
             with _mapped("begin"):
                 await pg_tx.start()
+                if not durable:
+                    # The commit does not wait for the WAL flush: an agent's report, which
+                    # leases and retries reconcile if a crash of the database loses it.
+                    await conn.execute("SET LOCAL synchronous_commit = off")
             try:
                 yield tx
                 if self._notify and tx.topics.names:
