@@ -7,7 +7,7 @@ BUF    := node_modules/.bin/buf
 PROTOS := $(wildcard protos/gaffer/v1/*.proto)
 GEN    := src/gaffer/v1
 
-.PHONY: run test lint proto proto-check install venv npm clean
+.PHONY: run test lint proto proto-check install venv npm clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 node_modules/.installed: package.json
@@ -40,12 +44,17 @@ proto-check: proto
 lint: install
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: install
 	$(BIN)/pytest -q
+
+# The benchmark suite of issue 5 (about 10 minutes; not part of `make test`): prints a table
+# and writes bench/results/latest.json. `python -m bench --quick` or `--only NAME` for less.
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench
 
 run: install
 	$(BIN)/gaffer dev

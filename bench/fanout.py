@@ -1,0 +1,245 @@
+"""7. Fan-out: many clients follow the events of all jobs while jobs run.
+
+Followers are grpc.aio streams (StreamJobEvents of all jobs from sequence 0, keepalive 1 s)
+spread over a few channels in two load processes. Once every stream has had its first
+frame, 1,000 ``function`` no-op jobs are submitted (two agents run them). Each follower
+records every sequence it got and the delay of each event (arrival minus the event's
+``time``); at the end it reads the whole history once and checks that every stream got
+exactly the stored events, in order. The server's peak RSS is sampled from /proc throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from bench._config import Config
+from bench._gaffer import FINISHED, function_spec, submit_many
+from bench._load import CpuWindow, add_watch, channel, watch_args, watched
+from bench._procs import BenchError, Procs, RssSampler, emit
+from bench._stats import percentile, summary
+from gaffer.v1 import job_service_pb2, job_service_pb2_grpc
+
+NAME = "fanout"
+FOLLOWER_PROCESSES = 2
+CHANNELS_PER_PROCESS = 8
+SUBMIT_IN_FLIGHT = 64
+
+
+def run(cfg: Config, procs: Procs) -> dict[str, Any]:
+    """Figures: fanout_{F}_all_delivered, fanout_{F}_server_rss_mb, fanout_event_delay_p*_ms."""
+    followers = cfg.fanout_followers
+    runs: dict[str, list[float]] = {}
+    delivered: list[bool] = []
+    details: list[dict[str, Any]] = []
+    cpu: dict[str, Any] = {}
+    timeout = 150.0 if cfg.quick else 300.0
+    for _ in range(cfg.fanout_reps):
+        server, address = procs.gaffer_server()
+        with RssSampler(server.pid) as rss:
+            idle_rss = rss.peak_mb
+            agents = [
+                procs.gaffer_agent(address, f"bench-fanout-{i}", cfg.function_slots) for i in (1, 2)
+            ]
+            share = [followers // FOLLOWER_PROCESSES] * FOLLOWER_PROCESSES
+            share[0] += followers - sum(share)
+            pids = {
+                "gaffer_server": server.pid,
+                **{f"agent_{i}": a.pid for i, a in enumerate(agents, 1)},
+            }
+            loads = []
+            for i, streams in enumerate(share, 1):
+                proc = procs.start(
+                    f"fanout-followers-{i}",
+                    [
+                        *_load_argv(address, "follow"),
+                        "--streams", str(streams), "--jobs", str(cfg.fanout_jobs),
+                        "--timeout", str(timeout), *watch_args(**pids),
+                    ],
+                )  # fmt: skip
+                loads.append(proc)
+            for proc in loads:
+                proc.wait_for("followers ready", timeout=120)
+            rss_before = rss.peak_mb
+            submit = procs.load("fanout", "submit", address, "--jobs", str(cfg.fanout_jobs))
+            results = [procs.result(proc, timeout + 60) for proc in loads]
+            for agent in agents:
+                procs.stop(agent)
+        procs.stop(server)
+        all_delivered = all(r["complete_streams"] == r["streams"] for r in results)
+        delivered.append(all_delivered)
+        delays = _merge([r["delay_ms"] for r in results])
+        runs.setdefault(f"fanout_{followers}_server_rss_mb", []).append(rss.peak_mb)
+        runs.setdefault("fanout_event_delay_p50_ms", []).append(delays["p50"])
+        runs.setdefault("fanout_event_delay_p99_ms", []).append(delays["p99"])
+        runs.setdefault("fanout_event_msgs_per_s", []).append(
+            sum(r["events_received"] for r in results) / max(r["seconds"] for r in results)
+        )
+        details.append(
+            {
+                "server_rss_idle_mb": idle_rss,
+                "server_rss_with_followers_mb": rss_before,
+                "submit_per_s": submit["submit_per_s"],
+                "followers": [
+                    {k: v for k, v in r.items() if k not in ("delay_ms", "cpu")} for r in results
+                ],
+            }
+        )
+        cpu["followers"] = [r["cpu"] for r in results]
+    if not runs:
+        raise BenchError("fan-out did not run")
+    figures = {k: summary(v) for k, v in runs.items()}
+    figures[f"fanout_{followers}_all_delivered"] = all(delivered)
+    figures["fanout_jobs"] = cfg.fanout_jobs
+    figures["fanout_timed_out"] = any(r["timed_out"] for d in details for r in d["followers"])
+    figures["fanout_no_gap_or_repeat"] = all(
+        r["exact_prefix_streams"] == r["streams"] for d in details for r in d["followers"]
+    )
+    return {
+        "figures": figures,
+        "params": {
+            "followers": followers,
+            "jobs": cfg.fanout_jobs,
+            "follower_processes": FOLLOWER_PROCESSES,
+            "channels_per_process": CHANNELS_PER_PROCESS,
+        },
+        "details": details,
+        "cpu": cpu,
+    }
+
+
+def _merge(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Percentiles of the followers' delays, weighted by their sample counts (approximate)."""
+    total = sum(p["count"] for p in parts) or 1
+    return {q: sum(p[q] * p["count"] for p in parts) / total for q in ("p50", "p99")} | {
+        "max": max(p["max"] for p in parts)
+    }
+
+
+def _load_argv(address: str, what: str) -> list[str]:
+    from bench._procs import python
+
+    return python("-m", "bench.fanout", "load", what, address)
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.seqs = array.array("q")
+        self.finished = 0
+        self.ready = asyncio.Event()
+        self.done = asyncio.Event()
+
+
+async def _follow(
+    stub: job_service_pb2_grpc.JobServiceStub, stream: _Stream, jobs: int, delays: array.array
+) -> None:
+    request = job_service_pb2.StreamJobEventsRequest(
+        after_sequence=0, keepalive_interval=duration_pb2.Duration(seconds=1)
+    )
+    call = stub.StreamJobEvents(request)
+    try:
+        async for frame in call:
+            stream.ready.set()
+            if not frame.HasField("event"):
+                continue
+            now = time.time()
+            event = frame.event
+            stream.seqs.append(event.sequence)
+            delays.append((now - event.time.ToNanoseconds() / 1e9) * 1000)
+            if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+                stream.finished += 1
+                if stream.finished >= jobs:
+                    stream.done.set()
+                    return
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.CANCELLED:
+            print(f"follower stream failed: {error.code()} {error.details()}", flush=True)
+    finally:
+        call.cancel()
+
+
+async def _history(stub: job_service_pb2_grpc.JobServiceStub) -> list[int]:
+    request = job_service_pb2.StreamJobEventsRequest(after_sequence=0, history_only=True)
+    return [f.event.sequence async for f in stub.StreamJobEvents(request) if f.HasField("event")]
+
+
+async def _followers(args: argparse.Namespace) -> dict[str, Any]:
+    channels = [channel(args.target) for _ in range(CHANNELS_PER_PROCESS)]
+    stubs = [job_service_pb2_grpc.JobServiceStub(ch) for ch in channels]
+    delays = array.array("d")
+    streams = [_Stream() for _ in range(args.streams)]
+    tasks = [
+        asyncio.create_task(_follow(stubs[i % len(stubs)], s, args.jobs, delays))
+        for i, s in enumerate(streams)
+    ]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in streams)), 110)
+        print(f"followers ready: {len(streams)}", flush=True)
+        cpu = CpuWindow(watched(args))
+        first = time.perf_counter()
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in streams)), args.timeout)
+        except TimeoutError:
+            timed_out = True
+            print("followers: timed out", flush=True)
+        seconds = time.perf_counter() - first
+        shares = cpu.percent()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        truth = array.array("q", await _history(stubs[0]))
+    finally:
+        for ch in channels:
+            await ch.close()
+    complete = sum(1 for s in streams if s.seqs == truth)
+    # Late is not lost: a stream cut short by the timeout got a gapless, repeat-free prefix.
+    exact_prefix = sum(1 for s in streams if s.seqs == truth[: len(s.seqs)])
+    ordered = list(delays)
+    return {
+        "streams": len(streams),
+        "complete_streams": complete,
+        "exact_prefix_streams": exact_prefix,
+        "timed_out": timed_out,
+        "events_stored": len(truth),
+        "events_received": sum(len(s.seqs) for s in streams),
+        "seconds": seconds,
+        "delay_ms": {
+            "count": len(ordered),
+            "p50": percentile(ordered, 50),
+            "p99": percentile(ordered, 99),
+            "max": max(ordered, default=float("nan")),
+        },
+        "cpu": shares,
+    }
+
+
+async def _submit(args: argparse.Namespace) -> dict[str, Any]:
+    async with channel(args.target) as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        started = time.perf_counter()
+        await submit_many(stub, function_spec(), args.jobs, SUBMIT_IN_FLIGHT)
+        return {"submit_per_s": args.jobs / (time.perf_counter() - started)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout load")
+    parser.add_argument("load", choices=["load"])
+    parser.add_argument("what", choices=["follow", "submit"])
+    parser.add_argument("target")
+    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    add_watch(parser)
+    args = parser.parse_args()
+    emit(asyncio.run(_followers(args) if args.what == "follow" else _submit(args)))
+
+
+if __name__ == "__main__":
+    main()
