@@ -1,14 +1,19 @@
-"""`python -m tests.chaos`: one chaos run, its summary, exit status 1 if anything was wrong."""
+"""`python -m tests.chaos`: one chaos run, its summary, exit status 1 if anything was wrong.
+
+``--postgres --replicas 2`` runs it on a throwaway PostgreSQL database with two replicas.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from tests.chaos.runner import ChaosConfig, run_chaos
+from tests.unit.pg_support import temporary_database
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +31,26 @@ def main(argv: list[str] | None = None) -> int:
         "--same-names", action="store_true", help="restart killed agents under their old name"
     )
     parser.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run on a throwaway PostgreSQL database (GAFFER_TEST_PG_URL; default: trust auth "
+        "on 127.0.0.1:5432) instead of SQLite",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="servers on the database (with --postgres)"
+    )
     args = parser.parse_args(argv)
+    if args.replicas > 1 and not args.postgres:
+        parser.error("--replicas needs --postgres (replicas share one PostgreSQL database)")
+    with contextlib.ExitStack() as stack:
+        database_url = ""
+        if args.postgres:
+            database_url = stack.enter_context(contextlib.contextmanager(temporary_database)())
+        return _run(args, database_url)
+
+
+def _run(args: argparse.Namespace, database_url: str) -> int:
     config = ChaosConfig(
         jobs=args.jobs,
         agents=args.agents,
@@ -37,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         budget=args.budget,
         seed=args.seed,
         same_names=args.same_names,
+        database_url=database_url,
+        replicas=args.replicas,
     )
     root = Path(tempfile.mkdtemp(prefix="gaffer-chaos-"))
     try:

@@ -1,4 +1,5 @@
-"""A test rig: one restartable server, agents, raw stubs, and a marker on every job process.
+"""A test rig: a restartable server (or replicas on PostgreSQL), agents, raw stubs, and a marker
+on every job process.
 
 Used as a context manager by the fault tests and the chaos runner alike; leaving it stops every
 agent, kills every job process it marked (orphans of killed agents included) and the server.
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gaffer.client._target import channel_target
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
 from tests.chaos.procs import (
@@ -47,19 +49,34 @@ def status_time(status: job_pb2.JobStatus) -> float:
 
 
 class Rig:
-    """Server, agents and stubs for one test; everything started here is stopped on exit."""
+    """Server(s), agents and stubs for one test; everything started here is stopped on exit.
 
-    def __init__(self, root: Path, *server_flags: str) -> None:
+    With ``database_url`` the servers are replicas on that PostgreSQL database (one shared data
+    dir for artifact bytes); ``replicas`` of them are started, and each agent is given every
+    address, its own replica first, so the agents spread over the replicas and move to another
+    when theirs dies.
+    """
+
+    def __init__(
+        self, root: Path, *server_flags: str, database_url: str = "", replicas: int = 1
+    ) -> None:
+        if replicas > 1 and not database_url:
+            raise ValueError("replicas share a PostgreSQL database: give database_url")
         self.root = root
-        self.server = Server(root / "data", tuple(server_flags))
+        self.database_url = database_url
+        flags = (*server_flags, *(("--database-url", database_url) if database_url else ()))
+        self.servers = [Server(root / "data", flags) for _ in range(replicas)]
+        self.server = self.servers[0]
         self.marker = new_marker()
         self.agents: list[AgentProc] = []
         self._api: Api | None = None
         self._names = itertools.count(1)
+        self._placed = itertools.count()
 
     def __enter__(self) -> Rig:
         try:
-            self.server.start()
+            for server in self.servers:
+                server.start()
         except BaseException:
             self.close()
             raise
@@ -81,24 +98,33 @@ class Rig:
             if self._api is not None:
                 self._api.close()
                 self._api = None
-            self.server.stop()
+            for server in self.servers:
+                server.stop()
+
+    @property
+    def address(self) -> str:
+        """Every server's address, comma-separated (what clients and agents are given)."""
+        return ",".join(server.address for server in self.servers)
 
     @property
     def api(self) -> Api:
-        """Stubs on the server as it runs now (a restart gets a fresh channel)."""
+        """Stubs on the server(s) as they run now (a restart gets a fresh channel)."""
         if self._api is None:
-            self._api = Api.connect(self.server.address)
+            self._api = Api.connect(channel_target(self.address))
         return self._api
 
-    def restart_server(self) -> None:
-        """SIGKILL the server and start it again on the same port and data dir."""
+    def restart_server(self, index: int = 0) -> None:
+        """SIGKILL a server and start it again on the same port and data dir."""
         if self._api is not None:
             self._api.close()
             self._api = None
-        self.server.restart()
+        self.servers[index].restart()
 
     def agent(self, *extra: str, name: str = "") -> AgentProc:
-        proc = launch_agent(self.server.address, name or f"agent-{next(self._names)}", *extra)
+        first = next(self._placed) % len(self.servers)
+        ordered = self.servers[first:] + self.servers[:first]
+        address = ",".join(server.address for server in ordered)
+        proc = launch_agent(address, name or f"agent-{next(self._names)}", *extra)
         self.agents.append(proc)
         return proc
 

@@ -1,8 +1,10 @@
 """The chaos run: jobs with known output, agents killed and restarted, the server killed twice.
 
 Faults are paced by progress (a fault fires once so many jobs have finished), not by timers, so
-a slow machine gets the same faults at the same points of the run. At the end the run checks,
-from the server and from its SQLite file:
+a slow machine gets the same faults at the same points of the run. On PostgreSQL
+(``database_url``) it runs ``replicas`` servers on one database; agents are spread over them and
+given every address, and the server kills go round the replicas, so agents move between them.
+At the end the run checks, from the server and from its database:
 
 - lost: an acknowledged job that is missing or did not finish;
 - duplicated: a job with more than one final status, an attempt claimed twice, or a COMPLETED
@@ -55,6 +57,9 @@ class ChaosConfig:
     seed: int | None = None
     # Restart killed agents under their old name (as a host would); see the report's bugs.
     same_names: bool = False
+    # PostgreSQL (a DSN) instead of SQLite, with this many replicas on it.
+    database_url: str = ""
+    replicas: int = 1
 
 
 @dataclass
@@ -73,6 +78,7 @@ class ChaosReport:
     fenced: int = 0  # times an agent was told an attempt was no longer its own
     seconds: float = 0.0
     seed: int = 0
+    store: str = "sqlite"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -86,7 +92,7 @@ class ChaosReport:
             f"server_kills={self.server_kills} retries={self.retries} lost={self.lost} "
             f"duplicated={self.duplicated} late_writes={self.late_writes} "
             f"superseded_writers={self.superseded_writers} fenced={self.fenced} "
-            f"seconds={self.seconds:.1f} seed={self.seed}"
+            f"seconds={self.seconds:.1f} seed={self.seed} store={self.store}"
         )
 
 
@@ -221,8 +227,11 @@ class _Chaos:
         return tags
 
     def kill_server(self) -> None:
-        self.log(f"SIGKILL server ({self.finished()} jobs finished); restarting it")
-        self.rig.restart_server()
+        """SIGKILL a server and restart it; with replicas, each kill takes the next one."""
+        index = self.report.server_kills % len(self.rig.servers)
+        name = f"replica {index}" if len(self.rig.servers) > 1 else "server"
+        self.log(f"SIGKILL {name} ({self.finished()} jobs finished); restarting it")
+        self.rig.restart_server(index)
         self.report.server_kills += 1
 
     # --- the checks ---------------------------------------------------------------------------
@@ -265,21 +274,31 @@ class _Chaos:
                 report.problems.append(f"duplicated: {job_id} ({tag}): {duplicate}")
 
 
-def late_writes(db: Path) -> tuple[list[str], int]:
+def late_writes(db: Path | str) -> tuple[list[str], int]:
     """Attempts with a log chunk stored after the first chunk of a later attempt of their job,
     and how many attempts that wrote output were superseded (what the check had to look at).
 
-    Chunks are rows of one table whose rowid grows with every insert (nothing is ever deleted),
-    so rowid order is the order in which the server stored them.
+    Chunks are rows of one table whose id grows with every insert (nothing is ever deleted):
+    SQLite's rowid, PostgreSQL's bigserial ``id`` (``db`` a DSN). Id order is the order in
+    which the server(s) stored them.
     """
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT job_id, attempt, MIN(rowid), MAX(rowid) FROM log_chunks"
-            " GROUP BY job_id, attempt ORDER BY job_id, attempt"
-        ).fetchall()
-    finally:
-        conn.close()
+    if isinstance(db, str):
+        from tests.unit.pg_support import fetch
+
+        rows = fetch(
+            db,
+            "SELECT job_id, attempt, MIN(id), MAX(id) FROM log_chunks"
+            " GROUP BY job_id, attempt ORDER BY job_id, attempt",
+        )
+    else:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT job_id, attempt, MIN(rowid), MAX(rowid) FROM log_chunks"
+                " GROUP BY job_id, attempt ORDER BY job_id, attempt"
+            ).fetchall()
+        finally:
+            conn.close()
     by_job: dict[str, list[tuple[int, int, int]]] = {}
     for job_id, attempt, first, last in rows:
         by_job.setdefault(job_id, []).append((attempt, first, last))
@@ -306,15 +325,19 @@ def run_chaos(root: Path, config: ChaosConfig) -> ChaosReport:
         "--sweep-interval",
         "0.5",
     )
-    with Rig(root, *flags) as rig:
+    rig = Rig(root, *flags, database_url=config.database_url, replicas=config.replicas)
+    with rig:
         chaos = _Chaos(rig, config, rng)
         chaos.report.seed = seed
+        if config.database_url:
+            chaos.report.store = f"postgres replicas={config.replicas}"
         tags = chaos.run()
         chaos.check(tags)
         report = chaos.report
         report.fenced = sum(len(FENCED.findall(agent.output())) for agent in rig.agents)
-    # The server is stopped: its SQLite file is quiet and complete.
-    problems, report.superseded_writers = late_writes(rig.server.data_dir / "gaffer.db")
+    # The servers are stopped: their database is quiet and complete.
+    db = config.database_url or rig.server.data_dir / "gaffer.db"
+    problems, report.superseded_writers = late_writes(db)
     report.late_writes = len(problems)
     report.problems.extend(problems)
     report.seconds = time.monotonic() - started

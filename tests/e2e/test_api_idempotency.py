@@ -11,6 +11,7 @@ import pytest
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
 from tests.e2e.conftest import CALL_TIMEOUT, Api, failure
+from tests.e2e.pg_fixtures import pg_database_fixture, server_both_stores  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 

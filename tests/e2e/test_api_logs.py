@@ -21,6 +21,7 @@ from tests.e2e.conftest import (
     failure,
     text_of,
 )
+from tests.e2e.pg_fixtures import pg_database_fixture, server_both_stores  # noqa: F401
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e

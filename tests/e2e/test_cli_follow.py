@@ -7,6 +7,7 @@ import subprocess
 import uuid
 
 from gaffer import JobState, SyncClient
+from tests.e2e.pg_fixtures import pg_database_fixture, server_both_stores  # noqa: F401
 from tests.helpers import AgentProc, ServerProc, gaffer_command
 
 TWENTY_LINES = "for i in $(seq 20); do echo line $i; sleep 0.1; done"

@@ -66,3 +66,21 @@ async def fresh_schema(database_url: str) -> str:
     finally:
         await conn.close()
     return f"{database_url}?search_path={schema}"
+
+
+def new_schema(database_url: str) -> str:
+    """:func:`fresh_schema` for synchronous callers (end-to-end fixtures)."""
+    return _run(fresh_schema(database_url))
+
+
+def fetch(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows of one query, for synchronous callers (checks made after a run)."""
+
+    async def go() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return _run(go())

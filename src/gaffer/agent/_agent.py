@@ -24,6 +24,7 @@ from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import AgentError
 from gaffer.agent._functions import builtin_functions
 from gaffer.agent._retry import TRANSIENT, Backoff, code_of, describe
+from gaffer.client._target import CHANNEL_OPTIONS, channel_target
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -33,14 +34,10 @@ _POLL_SLACK = 5.0
 _DEFAULT_HEARTBEAT = 5.0
 _DEFAULT_LEASE_TTL = 15.0
 _MAX_UNKNOWN_CANCELS = 256
-#: grpc's own reconnect backoff grows to 2 minutes by default: a restarted server would go
-#: unnoticed that long. Ours stays short; the agent's calls back off on top of it.
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+#: Short reconnect backoff (a restarted server is noticed at once; the agent's calls back off on
+#: top of it) and ``pick_first`` over ``config.server``'s addresses, which may list replicas:
+#: when the replica in use goes away the channel moves to another, and the retried calls follow.
+_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 OnRegistered = Callable[[str], object]
 
@@ -110,7 +107,8 @@ class _Agent:
             root = temp_root = Path(tempfile.mkdtemp(prefix="gaffer-agent-"))
         self._root = root
         try:
-            channel = grpc.aio.insecure_channel(self._config.server, options=_CHANNEL_OPTIONS)
+            target = channel_target(self._config.server)
+            channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             async with channel:
                 self._stub = agent_service_pb2_grpc.AgentServiceStub(channel)
                 await self._serve(stop)

@@ -21,7 +21,8 @@ class AgentConfig:
     """Everything an agent needs to know; the CLI builds it from flags.
 
     Attributes:
-        server: The server's address, ``"host:port"``.
+        server: The server's address, ``"host:port"``, or several replicas of one Gaffer,
+            ``"host:port,host:port"``: the agent uses one and moves to another when it goes away.
         name: The agent's name; registering the same name again is safe.
         slots: Attempts run at once.
         labels: Labels matched against a job's node selector.

@@ -14,7 +14,13 @@ import sys
 from collections.abc import Mapping
 
 from gaffer.cli import _job_cmds, _server_cmds, _stream_cmds
-from gaffer.cli._args import EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, UsageError
+from gaffer.cli._args import (
+    EXIT_CANCELED,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    UsageError,
+    server_addresses,
+)
 from gaffer.client import Client, GafferError, InvalidArgumentError
 
 __all__ = ["build_parser", "main"]
@@ -36,13 +42,17 @@ def build_parser(default_server: str = DEFAULT_SERVER) -> argparse.ArgumentParse
     parser.add_argument(
         "--server",
         default=default_server,
-        metavar="HOST:PORT",
-        help=f"server address (env GAFFER_SERVER; now {default_server})",
+        type=server_addresses,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="server address, or several replicas of one Gaffer, comma-separated: calls move "
+        f"to another when one goes away (env GAFFER_SERVER; now {default_server})",
     )
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more logging")
     # Also accepted after the command (`gaffer list --server X`); SUPPRESS keeps the global.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", default=argparse.SUPPRESS, metavar="HOST:PORT")
+    common.add_argument(
+        "--server", default=argparse.SUPPRESS, type=server_addresses, metavar="HOST:PORT[,...]"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _server_cmds.add_parsers(sub, common)
     _job_cmds.add_parsers(sub, common)

@@ -6,6 +6,7 @@ import argparse
 import re
 
 from gaffer.client import Job, JobState
+from gaffer.client._target import channel_target
 
 # Exit statuses of `submit --wait|--follow` and `wait`, besides the job's own exit code.
 EXIT_FAILED = 1  # FAILED with no exit code (timeout, lost lease, rejected), or errors
@@ -41,6 +42,18 @@ def duration(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"expected a duration like 30, 30s, 5m or 500ms: {text!r}")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def server_addresses(text: str) -> str:
+    """``HOST:PORT`` or several, comma-separated (replicas of one Gaffer); checked, kept as given.
+
+    Names in a list are resolved here, so a typo fails at once rather than on the first call.
+    """
+    try:
+        channel_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
 
 
 def non_negative_int(text: str) -> int:

@@ -46,6 +46,7 @@ from gaffer.client._models import (
     Resources,
     RetryPolicy,
 )
+from gaffer.client._target import CHANNEL_OPTIONS, channel_target
 from gaffer.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -93,14 +94,18 @@ class Client(ClientBase):
         The channel connects lazily; a server that is not up yet is retried on the first call.
 
         Args:
-            target: ``host:port`` of the server.
+            target: ``host:port`` of the server, or several (``"a:1,b:2"``, replicas of one
+                Gaffer): the channel uses one and moves to another when it goes away.
             timeout: Deadline in seconds of each unary call.
             call_retry: How calls are retried on UNAVAILABLE; a sensible default if None.
 
         Returns:
             The client.
+
+        Raises:
+            ValueError: ``target`` is not a valid address list (see :func:`channel_target`).
         """
-        channel = grpc.aio.insecure_channel(target)
+        channel = grpc.aio.insecure_channel(channel_target(target), options=CHANNEL_OPTIONS)
         return cls(channel, target, timeout=timeout, call_retry=call_retry)
 
     async def close(self) -> None:

@@ -44,6 +44,7 @@ from gaffer.client._models import (
     Resources,
     RetryPolicy,
 )
+from gaffer.client._target import CHANNEL_OPTIONS, channel_target
 from gaffer.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -70,12 +71,16 @@ class SyncClient(ClientBase):
         """Opens a client to the server at ``target``; the channel connects lazily.
 
         Args:
-            target: ``host:port`` of the server.
+            target: ``host:port`` of the server, or several (``"a:1,b:2"``, replicas of one
+                Gaffer): the channel uses one and moves to another when it goes away.
             timeout: Deadline in seconds of each unary call.
             call_retry: How calls are retried on UNAVAILABLE; a sensible default if None.
+
+        Raises:
+            ValueError: ``target`` is not a valid address list (see :func:`channel_target`).
         """
         super().__init__(target, timeout=timeout, call_retry=call_retry)
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(channel_target(target), options=CHANNEL_OPTIONS)
         self._jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
         self._agents = agent_service_pb2_grpc.AgentServiceStub(self._channel)
 
