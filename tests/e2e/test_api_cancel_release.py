@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 
 from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
 from tests.e2e.conftest import CALL_TIMEOUT, Api, HandAgent, duration, failure
+from tests.helpers import ServerProc, wait_until
 
 S = job_pb2.JobState
 
@@ -101,3 +104,33 @@ def test_releasing_a_cancelled_attempt_ends_the_job(api: Api) -> None:
     agent.start(a)
     api.jobs.CancelJob(jpb.CancelJobRequest(job_id=job.id), timeout=CALL_TIMEOUT)
     assert release(agent, a).state == S.JOB_STATE_CANCELED
+
+
+def test_a_claim_never_started_is_queued_again_without_using_up_the_retries(
+    tmp_path: Path,
+) -> None:
+    """A claim whose answer was lost (the agent never heard of it) must not fail the job."""
+    server = ServerProc.launch(tmp_path / "data", "--lease-ttl", "1", "--sweep-interval", "0.2")
+    try:
+        api = Api.connect(server.address)
+        agent = api.agent()
+        job = api.submit(queue=agent.queue, retry_policy=job_pb2.RetryPolicy(max_attempts=1))
+        agent.claim_one()  # ...and never a word about it again
+
+        def requeued() -> job_pb2.Job | None:
+            current = api.get(job.id)
+            return current if current.state == S.JOB_STATE_PENDING else None
+
+        back = wait_until(requeued, timeout=10, what="the unstarted claim requeued")
+        assert "never started" in back.history[-1].message
+        b = api.agent(agent.queue).claim_one()
+        assert (b.job.id, b.attempt) == (job.id, 2)
+        api.agents.UpdateJobStatus(
+            apb.UpdateJobStatusRequest(
+                job_id=job.id, attempt=2, lease_token=b.lease_token, state=S.JOB_STATE_RUNNING
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        api.close()
+    finally:
+        server.stop()

@@ -72,12 +72,6 @@ def test_without_notifications_jobs_are_claimed_and_followers_finish(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="without NOTIFY a log/event follower re-reads the store only once per keepalive "
-    "interval (15 s by default; Jobs.logs/events wait on sub.wait(keepalive)), while claims "
-    "and WaitJob re-check every recheck_interval (1 s)",
-)
 @pytest.mark.timeout(60)
 def test_without_notifications_followers_poll_as_often_as_claims(
     replicas: Callable[..., Replicas], tmp_path: Path

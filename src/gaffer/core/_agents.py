@@ -528,14 +528,24 @@ class Agents:
             message = f"attempt {job.attempt} released by {actor}" + (
                 f": {reason}" if reason else ""
             )
-            await change_state(
-                tx, stored, S.JOB_STATE_PENDING, now=now, message=message, actor=actor
-            )
-            job.agent_id = ""
-            stored.lease_token = ""  # nothing more from the released attempt is accepted
-            await tx.update_job(stored)
-            tx.topics.add(queue_topic(job.spec.queue))
+            await self._requeue(tx, stored, now=now, message=message, actor=actor)
         return job
+
+    async def _requeue(
+        self, tx: Transaction, stored: StoredJob, *, now: float, message: str, actor: str
+    ) -> None:
+        """Back to PENDING at once, as if never claimed: the attempt is not the job's failure.
+
+        The lease token is cleared, so nothing more from that attempt is accepted.
+        """
+        stored.lease_expires = 0.0
+        stored.deadline = 0.0
+        stored.not_before = 0.0
+        await change_state(tx, stored, S.JOB_STATE_PENDING, now=now, message=message, actor=actor)
+        stored.job.agent_id = ""
+        stored.lease_token = ""
+        await tx.update_job(stored)
+        tx.topics.add(queue_topic(stored.job.spec.queue))
 
     async def _fail_or_retry(
         self,
@@ -646,6 +656,17 @@ class Agents:
                             S.JOB_STATE_CANCELED,
                             now=now,
                             message=f"canceled by {job.canceled_by} (its agent went silent)",
+                            actor="server",
+                        )
+                    elif job.state == S.JOB_STATE_CLAIMED:
+                        # Never started (the claim's answer may have died with a replica):
+                        # queued again like a hand-back, not counted against the retries.
+                        await self._requeue(
+                            tx,
+                            stored,
+                            now=now,
+                            message=f"attempt {job.attempt} was claimed but never started; "
+                            "queued again",
                             actor="server",
                         )
                     else:

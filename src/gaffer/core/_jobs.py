@@ -51,6 +51,31 @@ class LogRequest:
     keepalive: float = 15.0
 
 
+class _Keepalive:
+    """When a stream with nothing to send is due a keepalive frame.
+
+    Streams re-check the store every ``recheck`` seconds even without a wake-up (one lost
+    between replicas), and send a keepalive only once ``interval`` passed with nothing sent.
+    """
+
+    def __init__(self, interval: float, recheck: float) -> None:
+        self.interval = interval
+        self.recheck = recheck
+        self.last_sent = time.monotonic()
+
+    def sent(self) -> None:
+        self.last_sent = time.monotonic()
+
+    def wait_for(self) -> float:
+        return max(0.0, min(self.recheck, self.last_sent + self.interval - time.monotonic()))
+
+    def due(self) -> bool:
+        if time.monotonic() - self.last_sent >= self.interval:
+            self.sent()
+            return True
+        return False
+
+
 def job_not_found(job_id: str) -> NotFound:
     return NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
 
@@ -218,6 +243,7 @@ class Jobs:
                     "was the cursor issued by another server?",
                     reason="CURSOR_AHEAD",
                 )
+            idle = _Keepalive(keepalive, self._settings.recheck_interval)
             while True:
                 sub.clear()
                 finished_before_read = False
@@ -233,6 +259,7 @@ class Jobs:
                 )
                 for event in batch:
                     after_sequence = event.sequence
+                    idle.sent()
                     yield event
                     if (
                         job_id
@@ -244,7 +271,8 @@ class Jobs:
                     continue
                 if finished_before_read or history_only:
                     return  # all stored events were sent (or the cursor was past the final one)
-                if not await sub.wait(keepalive):
+                await sub.wait(idle.wait_for())
+                if idle.due():
                     yield None
 
     async def logs(
@@ -277,6 +305,7 @@ class Jobs:
                     offsets[stream] = await self._store.tail_offset(
                         request.job_id, attempt, stream, request.tail_lines
                     )
+            idle = _Keepalive(request.keepalive, self._settings.recheck_interval)
             while True:
                 sub.clear()
                 # The state is read before the output: a job seen finished here has all of its
@@ -288,6 +317,7 @@ class Jobs:
                 )
                 for chunk in chunks:
                     offsets[chunk.stream] = chunk.offset + len(chunk.data)
+                    idle.sent()
                     yield chunk
                 if chunks:
                     continue
@@ -304,7 +334,8 @@ class Jobs:
                     return
                 if not request.follow:
                     return
-                if not await sub.wait(request.keepalive):
+                await sub.wait(idle.wait_for())
+                if idle.due():
                     yield None
 
     async def _log_end(self, job: job_pb2.Job, attempt: int) -> job_service_pb2.LogEnd:
