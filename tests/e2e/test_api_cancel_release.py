@@ -134,3 +134,42 @@ def test_a_claim_never_started_is_queued_again_without_using_up_the_retries(
         api.close()
     finally:
         server.stop()
+
+
+def test_rejections_and_hand_backs_do_not_use_up_the_retries(api: Api) -> None:
+    agent = api.agent()
+    job = api.submit(queue=agent.queue, retry_policy=job_pb2.RetryPolicy(max_attempts=2))
+    a = agent.claim_one()
+    assert a.job.id == job.id
+    agent.update(a, S.JOB_STATE_VALIDATING)
+    api.agents.UpdateJobStatus(
+        apb.UpdateJobStatusRequest(**agent.fence(a), reject=True, message="no gpu"),
+        timeout=CALL_TIMEOUT,
+    )
+    b = agent.claim_one()
+    agent.start(b)
+    release(agent, b)
+    c = agent.claim_one()
+    agent.start(c)
+    failed = agent.complete(c, S.JOB_STATE_FAILED, exit_code=1).job
+    # Attempt 3 was the first real failure: with two attempts allowed, it is retried.
+    assert failed.state == S.JOB_STATE_PENDING
+    assert (failed.failures, failed.rejections) == (1, 1)
+    d = agent.claim_one()
+    agent.start(d)
+    final = agent.complete(d, S.JOB_STATE_FAILED, exit_code=1).job
+    assert final.state == S.JOB_STATE_FAILED and final.failures == 2
+
+
+def test_a_job_every_agent_rejects_fails_instead_of_cycling(api: Api) -> None:
+    agent = api.agent()
+    job = api.submit(queue=agent.queue)
+    for _ in range(20):
+        a = agent.claim_one()
+        api.agents.UpdateJobStatus(
+            apb.UpdateJobStatusRequest(**agent.fence(a), reject=True, message="cannot"),
+            timeout=CALL_TIMEOUT,
+        )
+    final = api.get(job.id)
+    assert final.state == S.JOB_STATE_FAILED
+    assert final.rejections == 20 and "no agent can run it" in final.message

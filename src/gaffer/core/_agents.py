@@ -313,8 +313,7 @@ class Agents:
         async with self._store.transaction(durable=False) as tx:
             stored = await self._fenced(tx, fence)
             job = stored.job
-            agent = (await tx.get_agent(job.agent_id) or None) if job.agent_id else None
-            actor = self.actor(agent.agent if agent else None, job.agent_id)
+            actor = await self._agent_actor(job.agent_id)
             if reject:
                 if job.state not in (S.JOB_STATE_CLAIMED, S.JOB_STATE_VALIDATING):
                     raise FailedPrecondition(
@@ -322,29 +321,22 @@ class Agents:
                         "be rejected",
                         reason="CANNOT_REJECT",
                     )
-                stored.lease_expires = 0.0
-                stored.deadline = 0.0
                 if job.cancel_requested:  # the cancel wins: the job must not run elsewhere
+                    await self._cancel_now(tx, stored, now=now, actor=actor)
+                    return job
+                job.rejections += 1
+                why = f"rejected by {actor}: {message or 'no reason given'}"
+                if job.rejections >= limits.max_rejections:
                     await change_state(
                         tx,
                         stored,
-                        S.JOB_STATE_CANCELED,
+                        S.JOB_STATE_FAILED,
                         now=now,
-                        message=f"canceled by {job.canceled_by}",
+                        message=f"{why} (rejected {job.rejections} times; no agent can run it)",
                         actor=actor,
                     )
                     return job
-                job.agent_id = ""
-                stored.lease_token = ""
-                await change_state(
-                    tx,
-                    stored,
-                    S.JOB_STATE_PENDING,
-                    now=now,
-                    message=f"rejected by {actor}: {message or 'no reason given'}",
-                    actor=actor,
-                )
-                tx.topics.add(queue_topic(job.spec.queue))
+                await self._requeue(tx, stored, now=now, message=why, actor=actor)
                 return job
             if job.state == state:
                 return job  # a repeat is harmless
@@ -466,23 +458,14 @@ class Agents:
                 return True, stored.job
             stored = await self._fenced(tx, fence)
             job = stored.job
-            agent = await tx.get_agent(job.agent_id) if job.agent_id else None
-            actor = self.actor(agent.agent if agent else None, job.agent_id)
+            actor = await self._agent_actor(job.agent_id)
             if exit_code is not None:
                 job.exit_code = exit_code
             else:
                 job.ClearField("exit_code")
             job.result_json = result_json
             if job.cancel_requested:
-                await change_state(
-                    tx,
-                    stored,
-                    S.JOB_STATE_CANCELED,
-                    now=now,
-                    message=f"canceled by {job.canceled_by}",
-                    actor=actor,
-                    exit_code=exit_code,
-                )
+                await self._cancel_now(tx, stored, now=now, actor=actor, exit_code=exit_code)
             elif state == S.JOB_STATE_COMPLETED:
                 await change_state(
                     tx,
@@ -514,22 +497,45 @@ class Agents:
         async with self._store.transaction(durable=False) as tx:
             stored = await self._fenced(tx, fence)
             job = stored.job
-            agent = await tx.get_agent(job.agent_id) if job.agent_id else None
-            actor = self.actor(agent.agent if agent else None, job.agent_id)
+            actor = await self._agent_actor(job.agent_id)
             stored.lease_expires = 0.0
             stored.deadline = 0.0
             stored.not_before = 0.0
             if job.cancel_requested:
-                message = f"canceled by {job.canceled_by}"
-                await change_state(
-                    tx, stored, S.JOB_STATE_CANCELED, now=now, message=message, actor=actor
-                )
+                await self._cancel_now(tx, stored, now=now, actor=actor)
                 return job
             message = f"attempt {job.attempt} released by {actor}" + (
                 f": {reason}" if reason else ""
             )
             await self._requeue(tx, stored, now=now, message=message, actor=actor)
         return job
+
+    async def _agent_actor(self, agent_id: str) -> str:
+        """How the history names an agent. An unlocked read: on PostgreSQL, locking the agent
+        row after the job row would invert the lock order heartbeats and registrations use."""
+        stored = await self._store.get_agent(agent_id) if agent_id else None
+        return self.actor(stored.agent if stored else None, agent_id)
+
+    async def _cancel_now(
+        self,
+        tx: Transaction,
+        stored: StoredJob,
+        *,
+        now: float,
+        actor: str,
+        note: str = "",
+        exit_code: int | None = None,
+    ) -> None:
+        """Ends a job whose cancel was requested, once its attempt is over."""
+        await change_state(
+            tx,
+            stored,
+            S.JOB_STATE_CANCELED,
+            now=now,
+            message=f"canceled by {stored.job.canceled_by}{note}",
+            actor=actor,
+            exit_code=exit_code,
+        )
 
     async def _requeue(
         self, tx: Transaction, stored: StoredJob, *, now: float, message: str, actor: str
@@ -559,8 +565,9 @@ class Agents:
         not_retryable: bool = False,
     ) -> None:
         job = stored.job
-        if should_retry(job.spec, job.attempt, exit_code, not_retryable=not_retryable):
-            delay = next_backoff(job.spec.retry_policy, job.attempt)
+        job.failures += 1
+        if should_retry(job.spec, job.failures, exit_code, not_retryable=not_retryable):
+            delay = next_backoff(job.spec.retry_policy, job.failures)
             # The token is kept so that a repeated CompleteJob of this attempt stays harmless.
             stored.lease_expires = 0.0
             stored.deadline = 0.0
@@ -650,13 +657,8 @@ class Agents:
                         actor="server",
                     )
                     if job.cancel_requested:
-                        await change_state(
-                            tx,
-                            stored,
-                            S.JOB_STATE_CANCELED,
-                            now=now,
-                            message=f"canceled by {job.canceled_by} (its agent went silent)",
-                            actor="server",
+                        await self._cancel_now(
+                            tx, stored, now=now, actor="server", note=" (its agent went silent)"
                         )
                     elif job.state == S.JOB_STATE_CLAIMED:
                         # Never started (the claim's answer may have died with a replica):

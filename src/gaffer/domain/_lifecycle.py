@@ -30,24 +30,24 @@ def max_attempts(policy: job_pb2.RetryPolicy) -> int:
 
 
 def should_retry(
-    spec: job_pb2.JobSpec, attempt: int, exit_code: int | None, *, not_retryable: bool = False
+    spec: job_pb2.JobSpec, failures: int, exit_code: int | None, *, not_retryable: bool = False
 ) -> bool:
-    """Whether a failed attempt gets another one under the spec's retry policy."""
+    """Whether a job that has now failed ``failures`` times gets another attempt."""
     policy = spec.retry_policy
-    if not_retryable or attempt >= max_attempts(policy):
+    if not_retryable or failures >= max_attempts(policy):
         return False
     if exit_code is not None and policy.retryable_exit_codes:
         return exit_code in policy.retryable_exit_codes
     return True
 
 
-def next_backoff(policy: job_pb2.RetryPolicy, attempt: int) -> float:
-    """Seconds to wait before attempt+1: exponential from initial_backoff, capped, with jitter."""
+def next_backoff(policy: job_pb2.RetryPolicy, failures: int) -> float:
+    """Seconds to wait after the n-th failure: exponential, capped, with jitter."""
     initial = policy.initial_backoff.ToTimedelta().total_seconds()
     if initial <= 0:
         return 0.0
     multiplier = policy.backoff_multiplier or 2.0
-    delay = initial * multiplier ** max(0, attempt - 1)
+    delay = initial * multiplier ** max(0, failures - 1)
     if policy.HasField("max_backoff"):
         delay = min(delay, policy.max_backoff.ToTimedelta().total_seconds())
     # Full jitter over the upper half keeps retries of many jobs from moving in lockstep.

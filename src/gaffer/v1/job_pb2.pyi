@@ -186,7 +186,7 @@ class JobTimings(_message.Message):
     def __init__(self, queued: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validating: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., uploading: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., total: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "history", "create_time", "update_time", "finish_time", "attempt", "agent_id", "exit_code", "message", "cancel_requested", "canceled_by", "request_id", "timings", "result_json")
+    __slots__ = ("id", "spec", "state", "history", "create_time", "update_time", "finish_time", "attempt", "agent_id", "exit_code", "message", "cancel_requested", "canceled_by", "request_id", "timings", "result_json", "failures", "rejections")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,8 @@ class Job(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -219,7 +221,9 @@ class Job(_message.Message):
     request_id: str
     timings: JobTimings
     result_json: str
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., history: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., canceled_by: _Optional[str] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., result_json: _Optional[str] = ...) -> None: ...
+    failures: int
+    rejections: int
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., history: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., canceled_by: _Optional[str] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., result_json: _Optional[str] = ..., failures: _Optional[int] = ..., rejections: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("sequence", "job_id", "type", "time", "state", "attempt", "agent_id", "message", "actor", "exit_code")
