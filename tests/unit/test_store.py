@@ -202,6 +202,8 @@ async def test_leases_renew_and_lapse(store: Store) -> None:
         assert [j.job.id for j in await tx.lapsed_jobs(150.0, 10)] == [held.job.id]
         await tx.renew_leases("a1", 200.0, [held.job.id])
         assert await tx.lapsed_jobs(150.0, 10) == []
+    assert [j.job.id for j in await store.jobs_of_agent("a1")] == [held.job.id]
+    assert await store.jobs_of_agent("nobody") == []
 
 
 async def test_extend_leases_only_moves_earlier_ones(store: Store) -> None:

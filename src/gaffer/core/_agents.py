@@ -266,12 +266,13 @@ class Agents:
                 remaining = deadline - time.monotonic()
                 if result.cancel or result.lost or remaining <= 0:
                     return result
-                sub.clear()
                 await sub.wait(min(remaining, self._settings.recheck_interval))
+                sub.clear()  # before the re-read, so a publish during it is not lost
                 # Re-read: a job claimed during this poll may be the one being cancelled.
-                async with self._store.transaction(durable=False) as tx:
-                    held = await tx.jobs_of_agent(agent_id)
-                    current = await self._agent(tx, agent_id)
+                held = await self._store.jobs_of_agent(agent_id)
+                current = await self._store.get_agent(agent_id)
+                if current is None:
+                    raise _agent_not_found(agent_id)
                 result.draining = current.agent.state == agent_pb2.AGENT_STATE_DRAINING
                 if result.draining:
                     return result
@@ -607,8 +608,7 @@ class Agents:
                 and now - stored.last_heartbeat > self._settings.lease_ttl
             ):
                 agent.state = agent_pb2.AGENT_STATE_OFFLINE
-            async with self._store.transaction(durable=False) as tx:
-                held = await tx.jobs_of_agent(agent.id)
+            held = await self._store.jobs_of_agent(agent.id)
             agent.running.extend(
                 agent_pb2.AttemptRef(job_id=s.job.id, attempt=s.job.attempt) for s in held
             )

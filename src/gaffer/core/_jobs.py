@@ -168,6 +168,8 @@ class Jobs:
                 raise job_not_found(job_id)
             job = stored.job
             message = f"canceled by {caller.actor}" + (f": {reason}" if reason else "")
+            if job.state == S.JOB_STATE_CANCELED and job.canceled_by == caller.actor:
+                return self._present(stored)  # a retry of a cancel whose answer was lost
             if is_finished(job.state):
                 raise FailedPrecondition(
                     f"job {job_id} is already {S.Name(job.state)}; nothing to cancel",

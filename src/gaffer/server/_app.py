@@ -168,7 +168,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     blobs = BlobStore(store.blob_dir)
     jobs = Jobs(store, notifier, blobs, settings)
     agents = Agents(store, notifier, blobs, settings)
-    extended = await agents.recover()
+    # Only the embedded store: its one server was down, so every agent lost touch at once.
+    # Replicas on PostgreSQL restart one at a time while the others keep leases current.
+    extended = 0 if config.database_url else await agents.recover()
     if extended:
         log.info("kept %d held attempts for one lease ttl while their agents reconnect", extended)
 

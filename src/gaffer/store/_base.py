@@ -227,6 +227,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_agent(self, agent_id: str) -> StoredAgent | None: ...
 
+    @abc.abstractmethod
+    async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
+        """Jobs whose current attempt the agent holds (a read, outside any transaction)."""
+
     @property
     @abc.abstractmethod
     def blob_dir(self) -> Path:

@@ -681,3 +681,12 @@ class PostgresStore(Store):
             "fetchrow", "SELECT last_heartbeat, body FROM agents WHERE id = $1", agent_id
         )
         return _agent_from_row(row) if row else None
+
+    async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
+        rows = await self._read(
+            "fetch",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE agent_id = $1 AND state IN (2,3,4,5)"
+            " ORDER BY seq",
+            agent_id,
+        )
+        return [_job_from_row(r) for r in rows]

@@ -551,3 +551,11 @@ class SqliteStore(Store):
             "SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,)
         )
         return _agent_from_row(next(iter(rows))) if rows else None
+
+    async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
+        rows = await self._r.execute_fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE agent_id = ? AND state IN (2,3,4,5)"
+            " ORDER BY seq",
+            (agent_id,),
+        )
+        return [_job_from_row(r) for r in rows]
