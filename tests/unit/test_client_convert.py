@@ -207,8 +207,14 @@ def test_log_cursor_resumes_from_offsets_in_the_same_attempt() -> None:
     assert first is not None and first.stream is LogStream.STDOUT and first.text == "hello\n"
     cursor.chunk(_chunk(err, 0, b"oops\n", attempt=2))
     request = cursor.request()
-    assert (request.attempt, request.stdout_offset, request.stderr_offset) == (2, 106, 5)
+    # Following the latest attempt: the offsets are named as attempt 2's, and the server may
+    # move on to a later attempt; asked for attempt 2 itself, the resume stays on it.
+    assert (request.attempt, request.resume_attempt) == (0, 2)
+    assert (request.stdout_offset, request.stderr_offset) == (106, 5)
     assert request.tail_lines == 0 and request.follow
+    pinned = LogCursor(job_service_pb2.StreamLogsRequest(job_id="j_1", attempt=2))
+    pinned.chunk(_chunk(out, 0, b"x", attempt=2))
+    assert (pinned.request().attempt, pinned.request().resume_attempt) == (2, 0)
 
 
 def test_log_cursor_trims_overlap_and_drops_repeats() -> None:
@@ -226,7 +232,7 @@ def test_log_cursor_starts_over_for_a_new_attempt() -> None:
     cursor.chunk(_chunk(out, 0, b"first try\n", attempt=1))
     second = cursor.chunk(_chunk(out, 0, b"second\n", attempt=2))
     assert second is not None and second.data == b"second\n"
-    assert cursor.request().attempt == 2
+    assert (cursor.request().attempt, cursor.request().resume_attempt) == (0, 2)
 
 
 def test_wait_plan_slices_and_always_looks_once() -> None:

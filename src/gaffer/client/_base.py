@@ -293,6 +293,10 @@ class EventCursor:
         self.last_sequence = event.sequence
         return True
 
+    def reached(self, keepalive: job_pb2.Keepalive) -> None:
+        """Records the position a keepalive reports (a from_now start, or filtered events)."""
+        self.last_sequence = max(self.last_sequence, keepalive.sequence)
+
     def request(self) -> job_service_pb2.StreamJobEventsRequest:
         """The request that continues right after the last event seen."""
         request = job_service_pb2.StreamJobEventsRequest()
@@ -344,7 +348,10 @@ class LogCursor:
         request.CopyFrom(self._request)
         if not self._offsets:
             return request
-        request.attempt = self.attempt
+        if self._request.attempt:
+            request.attempt = self.attempt
+        else:  # still following the latest: the server moves on if a retry started meanwhile
+            request.resume_attempt = self.attempt
         request.tail_lines = 0
         if job_pb2.LOG_STREAM_STDOUT in self._offsets:
             request.stdout_offset = self._offsets[job_pb2.LOG_STREAM_STDOUT]

@@ -494,6 +494,7 @@ class Client(ClientBase):
             try:
                 async for frame in call:
                     if frame.WhichOneof("frame") != "event":
+                        cursor.reached(frame.keepalive)
                         continue
                     delays = self._call_retry.delays()
                     if cursor.accept(frame.event):

@@ -465,6 +465,7 @@ class SyncClient(ClientBase):
             try:
                 for frame in call:
                     if frame.WhichOneof("frame") != "event":
+                        cursor.reached(frame.keepalive)
                         continue
                     delays = self._call_retry.delays()
                     if cursor.accept(frame.event):

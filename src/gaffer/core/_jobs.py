@@ -49,6 +49,7 @@ class LogRequest:
     tail_lines: int = 0
     streams: tuple[int, ...] = ()
     keepalive: float = 15.0
+    resume_attempt: int = 0
 
 
 class _Keepalive:
@@ -221,8 +222,8 @@ class Jobs:
         from_now: bool,
         keepalive: float,
         history_only: bool = False,
-    ) -> AsyncIterator[job_pb2.JobEvent | None]:
-        """History then live events; None marks an idle interval (a keepalive is due).
+    ) -> AsyncIterator[job_pb2.JobEvent | int]:
+        """History then live events; an int is a keepalive: the sequence the stream reached.
 
         Following one job, the stream ends after the job's final event.
         """
@@ -239,6 +240,7 @@ class Jobs:
             last = await self._store.last_event_seq()
             if from_now:
                 after_sequence = last
+                yield after_sequence  # the position a resume must start from
             elif after_sequence > last:
                 raise OutOfRange(
                     f"after_sequence {after_sequence} is past the newest event ({last}); "
@@ -275,7 +277,7 @@ class Jobs:
                     return  # all stored events were sent (or the cursor was past the final one)
                 await sub.wait(idle.wait_for())
                 if idle.due():
-                    yield None
+                    yield after_sequence
 
     async def logs(
         self, caller: Caller, request: LogRequest
@@ -284,16 +286,17 @@ class Jobs:
 
         None marks an idle interval (a keepalive is due).
         """
-        for name in ("attempt", "stdout_offset", "stderr_offset", "tail_lines"):
+        for name in ("attempt", "stdout_offset", "stderr_offset", "tail_lines", "resume_attempt"):
             if getattr(request, name) < 0:
                 raise InvalidArgument.single(name, "must not be negative")
         streams = request.streams or BOTH_STREAMS
         with self._notifier.subscribe(logs_topic(request.job_id), job_topic(request.job_id)) as sub:
             stored = await self._get(caller, request.job_id)
-            attempt = request.attempt or stored.job.attempt
-            if request.attempt > stored.job.attempt:
+            attempt = request.attempt or request.resume_attempt or stored.job.attempt
+            if max(request.attempt, request.resume_attempt) > stored.job.attempt:
                 raise OutOfRange(
-                    f"job {request.job_id} has no attempt {request.attempt} "
+                    f"job {request.job_id} has no attempt "
+                    f"{max(request.attempt, request.resume_attempt)} "
                     f"(latest: {stored.job.attempt})",
                     reason="NO_SUCH_ATTEMPT",
                 )

@@ -112,8 +112,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             keepalive=keepalive,
             history_only=request.history_only,
         ):
-            if event is None:
-                yield pb.StreamJobEventsResponse(keepalive=job_pb2.Keepalive(time=now_timestamp()))
+            if isinstance(event, int):
+                frame = job_pb2.Keepalive(time=now_timestamp(), sequence=event)
+                yield pb.StreamJobEventsResponse(keepalive=frame)
             else:
                 yield pb.StreamJobEventsResponse(event=event)
 
@@ -133,6 +134,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             stderr_offset=request.stderr_offset,
             tail_lines=request.tail_lines,
             streams=tuple(request.streams),
+            resume_attempt=request.resume_attempt,
             keepalive=keepalive_seconds(
                 request.keepalive_interval, self._keepalive_default, "keepalive_interval"
             ),

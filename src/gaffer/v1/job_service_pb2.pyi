@@ -156,7 +156,7 @@ class StreamJobEventsResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ..., keepalive: _Optional[_Union[_job_pb2.Keepalive, _Mapping]] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
-    __slots__ = ("job_id", "follow", "attempt", "stdout_offset", "stderr_offset", "tail_lines", "streams", "keepalive_interval")
+    __slots__ = ("job_id", "follow", "attempt", "stdout_offset", "stderr_offset", "tail_lines", "streams", "keepalive_interval", "resume_attempt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class StreamLogsRequest(_message.Message):
     TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     follow: bool
     attempt: int
@@ -173,7 +174,8 @@ class StreamLogsRequest(_message.Message):
     tail_lines: int
     streams: _containers.RepeatedScalarFieldContainer[_job_pb2.LogStream]
     keepalive_interval: _duration_pb2.Duration
-    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ..., attempt: _Optional[int] = ..., stdout_offset: _Optional[int] = ..., stderr_offset: _Optional[int] = ..., tail_lines: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[_job_pb2.LogStream, str]]] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    resume_attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ..., attempt: _Optional[int] = ..., stdout_offset: _Optional[int] = ..., stderr_offset: _Optional[int] = ..., tail_lines: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[_job_pb2.LogStream, str]]] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_attempt: _Optional[int] = ...) -> None: ...
 
 class LogEnd(_message.Message):
     __slots__ = ("state", "exit_code", "message", "attempt", "stdout_size", "stderr_size")
