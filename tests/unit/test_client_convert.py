@@ -256,3 +256,11 @@ def test_call_retry_delays_are_capped_and_counted() -> None:
     assert len(delays) == 5
     assert all(0 < d <= 0.5 for d in delays)
     assert delays[-1] > delays[0]
+
+
+def test_gaffer_re_exports_exactly_the_clients_names() -> None:
+    import gaffer
+    import gaffer.client
+
+    assert sorted(gaffer.__all__) == sorted(gaffer.client.__all__)
+    assert all(getattr(gaffer, name) is getattr(gaffer.client, name) for name in gaffer.__all__)

@@ -132,3 +132,12 @@ def test_timings_follow_the_latest_attempt() -> None:
     assert timings.running.seconds == 10
     assert timings.uploading.seconds == 2
     assert timings.total.seconds == 20
+
+
+def test_the_domain_loads_without_grpc() -> None:
+    """The rules never import grpc, not even through the package's re-exports."""
+    import subprocess
+    import sys
+
+    code = "import sys, gaffer.domain; sys.exit('grpc' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
