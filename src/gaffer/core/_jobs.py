@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -392,7 +393,9 @@ class Jobs:
         with self._blobs.path_of(found.digest).open("rb") as blob:
             blob.seek(offset)
             while offset < found.size_bytes:
-                data = blob.read(min(chunk_size, found.size_bytes - offset))
+                data = await asyncio.to_thread(
+                    blob.read, min(chunk_size, found.size_bytes - offset)
+                )
                 if not data:
                     break
                 yield offset, data

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from gaffer.domain import InvalidArgument
+
+
+def _flush_and_sync(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
 
 
 class BlobStore:
@@ -51,9 +58,8 @@ class BlobStore:
                             reason="ARTIFACT_SIZE_MISMATCH",
                         )
                     hasher.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                    await asyncio.to_thread(out.write, chunk)  # disk I/O off the event loop
+                await asyncio.to_thread(_flush_and_sync, out)
             if size != expected_size:
                 raise InvalidArgument.single(
                     "header.size_bytes",
