@@ -314,7 +314,7 @@ class Agents:
         async with self._store.transaction(durable=False) as tx:
             stored = await self._fenced(tx, fence)
             job = stored.job
-            actor = await self._agent_actor(job.agent_id)
+            actor = await self._agent_actor(tx, job.agent_id)
             if reject:
                 if job.state not in (S.JOB_STATE_CLAIMED, S.JOB_STATE_VALIDATING):
                     raise FailedPrecondition(
@@ -459,7 +459,7 @@ class Agents:
                 return True, stored.job
             stored = await self._fenced(tx, fence)
             job = stored.job
-            actor = await self._agent_actor(job.agent_id)
+            actor = await self._agent_actor(tx, job.agent_id)
             if exit_code is not None:
                 job.exit_code = exit_code
             else:
@@ -498,7 +498,7 @@ class Agents:
         async with self._store.transaction(durable=False) as tx:
             stored = await self._fenced(tx, fence)
             job = stored.job
-            actor = await self._agent_actor(job.agent_id)
+            actor = await self._agent_actor(tx, job.agent_id)
             stored.lease_expires = 0.0
             stored.deadline = 0.0
             stored.not_before = 0.0
@@ -511,10 +511,12 @@ class Agents:
             await self._requeue(tx, stored, now=now, message=message, actor=actor)
         return job
 
-    async def _agent_actor(self, agent_id: str) -> str:
-        """How the history names an agent. An unlocked read: on PostgreSQL, locking the agent
-        row after the job row would invert the lock order heartbeats and registrations use."""
-        stored = await self._store.get_agent(agent_id) if agent_id else None
+    async def _agent_actor(self, tx: Transaction, agent_id: str) -> str:
+        """How the history names an agent. Read in the transaction but not locked: on
+        PostgreSQL, locking the agent row after the job row would invert the lock order that
+        heartbeats and registrations use (and a read on another connection could wait for a
+        pool connection this transaction holds)."""
+        stored = await tx.get_agent(agent_id, lock=False) if agent_id else None
         return self.actor(stored.agent if stored else None, agent_id)
 
     async def _cancel_now(

@@ -133,7 +133,8 @@ class Transaction(abc.ABC):
         """Jobs held under a lease that lapsed, or past their server-side deadline."""
 
     @abc.abstractmethod
-    async def get_agent(self, agent_id: str) -> StoredAgent | None: ...
+    async def get_agent(self, agent_id: str, *, lock: bool = True) -> StoredAgent | None:
+        """An agent, locked for update unless ``lock`` is False (a read of its name)."""
 
     @abc.abstractmethod
     async def get_agent_by_name(self, name: str) -> StoredAgent | None: ...

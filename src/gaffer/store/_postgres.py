@@ -283,9 +283,11 @@ class _PostgresTransaction(Transaction):
         )
         return [_job_from_row(r) for r in rows]
 
-    async def get_agent(self, agent_id: str) -> StoredAgent | None:
+    async def get_agent(self, agent_id: str, *, lock: bool = True) -> StoredAgent | None:
         row = await self._fetchrow(
-            "SELECT last_heartbeat, body FROM agents WHERE id = $1 FOR UPDATE", agent_id
+            "SELECT last_heartbeat, body FROM agents WHERE id = $1"
+            + (" FOR UPDATE" if lock else ""),
+            agent_id,
         )
         return _agent_from_row(row) if row else None
 

@@ -211,7 +211,7 @@ class _SqliteTransaction(Transaction):
         )
         return [_job_from_row(r) for r in rows]
 
-    async def get_agent(self, agent_id: str) -> StoredAgent | None:
+    async def get_agent(self, agent_id: str, *, lock: bool = True) -> StoredAgent | None:
         row = await self._one("SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,))
         return _agent_from_row(row) if row else None
 
