@@ -47,12 +47,13 @@ from gaffer.store._base import (
 from gaffer.store._notifier import Notifier
 from gaffer.store._pg_notify import CONNECTION_ERRORS, Listener, encode_payloads
 from gaffer.store._postgres_schema import MIGRATIONS
-from gaffer.store._sqlite import _agent_from_row, _body_without_spec, _job_from_row
+from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
+from gaffer.store._rows import agent_from_row as _agent_from_row
+from gaffer.store._rows import body_without_spec as _body_without_spec
+from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
-
-_JOB_COLUMNS = "seq, tenant, lease_token, lease_expires, not_before, deadline, spec, body"
 
 # Classes of advisory locks (the first of the two int4 keys); the second is a hash of the key.
 _LOCK_MIGRATE = 0x67610001

@@ -32,35 +32,14 @@ from gaffer.store._base import (
 )
 from gaffer.store._group_commit import GroupCommitter
 from gaffer.store._notifier import Notifier
+from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
+from gaffer.store._rows import agent_from_row as _agent_from_row
+from gaffer.store._rows import body_without_spec as _body_without_spec
+from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.store._sqlite_schema import MIGRATIONS
-from gaffer.v1 import agent_service_pb2, job_pb2
+from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
-
-_JOB_COLUMNS = "seq, tenant, lease_token, lease_expires, not_before, deadline, spec, body"
-_ACTIVE = (2, 3, 4, 5)
-
-
-def _job_from_row(row: Sequence[Any]) -> StoredJob:
-    seq, tenant, token, expires, not_before, deadline, spec, body = row
-    job = job_pb2.Job.FromString(body)
-    job.spec.ParseFromString(spec)
-    return StoredJob(
-        job=job,
-        tenant=tenant,
-        seq=seq,
-        lease_token=token,
-        lease_expires=expires,
-        not_before=not_before,
-        deadline=deadline,
-    )
-
-
-def _body_without_spec(job: job_pb2.Job) -> bytes:
-    copy = job_pb2.Job()
-    copy.CopyFrom(job)
-    copy.ClearField("spec")
-    return copy.SerializeToString()
 
 
 def _label_path(key: str) -> str:
@@ -272,13 +251,6 @@ class _SqliteTransaction(Transaction):
 
 def _unavailable(exc: BaseException) -> BaseException:
     return StoreUnavailable(f"SQLite store is unavailable: {exc}")
-
-
-def _agent_from_row(row: Sequence[Any]) -> StoredAgent:
-    last_heartbeat, body = row
-    return StoredAgent(
-        agent=agent_service_pb2.Agent.FromString(body), last_heartbeat=last_heartbeat
-    )
 
 
 async def _log_sizes(conn: aiosqlite.Connection, job_id: str, attempt: int) -> dict[int, int]:

@@ -1,0 +1,43 @@
+"""Rows to stored objects and back: the parts of a job and an agent row both stores share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gaffer.store._base import StoredAgent, StoredJob
+from gaffer.v1 import agent_service_pb2, job_pb2
+
+#: The columns job_from_row reads, in its order.
+JOB_COLUMNS = "seq, tenant, lease_token, lease_expires, not_before, deadline, spec, body"
+
+
+def job_from_row(row: Sequence[Any]) -> StoredJob:
+    """A job from its row: the spec is stored apart, written once, never rewritten."""
+    seq, tenant, token, expires, not_before, deadline, spec, body = row
+    job = job_pb2.Job.FromString(body)
+    job.spec.ParseFromString(spec)
+    return StoredJob(
+        job=job,
+        tenant=tenant,
+        seq=seq,
+        lease_token=token,
+        lease_expires=expires,
+        not_before=not_before,
+        deadline=deadline,
+    )
+
+
+def body_without_spec(job: job_pb2.Job) -> bytes:
+    """The job's message minus its spec (inputs can be megabytes; updates rewrite only this)."""
+    copy = job_pb2.Job()
+    copy.CopyFrom(job)
+    copy.ClearField("spec")
+    return copy.SerializeToString()
+
+
+def agent_from_row(row: Sequence[Any]) -> StoredAgent:
+    last_heartbeat, body = row
+    return StoredAgent(
+        agent=agent_service_pb2.Agent.FromString(body), last_heartbeat=last_heartbeat
+    )
