@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import celery_peer, disk, dispatch, e2e, fanout, floor, logtail, submit
+from bench import celery_peer, disk, dispatch, e2e, fanout, floor, logtail, pg, submit
 from bench._config import Config
 from bench._procs import ROOT, BenchError, Procs, terminate_on_signals
 
-MODULES = [floor, submit, e2e, celery_peer, dispatch, logtail, fanout, disk]
+MODULES = [floor, submit, e2e, celery_peer, dispatch, logtail, fanout, disk, pg]
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
 
 
@@ -117,6 +117,15 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("disk_allocated_bytes_per_job", "bytes", "", None),
         ],
     ),
+    (
+        "9. PostgreSQL: end to end with replicas, and procrastinate",
+        [
+            ("pg_e2e_function_jobs_per_s_1_replica", "jobs/s", "", None),
+            ("pg_e2e_function_jobs_per_s_2_replicas", "jobs/s", "", None),
+            ("procrastinate_jobs_per_s", "jobs/s", "", None),
+            ("pg_e2e_vs_procrastinate", "x procr.", ">= 2", lambda v: v >= 2),
+        ],
+    ),
 ]
 
 
@@ -137,6 +146,10 @@ def derive(figures: dict[str, Any]) -> None:
     if "e2e_function_jobs_per_s_2_agents" in figures and "celery_best_tasks_per_s" in figures:
         figures["e2e_vs_celery"] = _ratio(
             figures["e2e_function_jobs_per_s_2_agents"], figures["celery_best_tasks_per_s"]
+        )
+    if "pg_e2e_function_jobs_per_s_2_replicas" in figures and "procrastinate_jobs_per_s" in figures:
+        figures["pg_e2e_vs_procrastinate"] = _ratio(
+            figures["pg_e2e_function_jobs_per_s_2_replicas"], figures["procrastinate_jobs_per_s"]
         )
     if "dispatch_finished_p50_ms" in figures and "celery_rtt_p50_ms" in figures:
         figures["dispatch_vs_celery_rtt_p50"] = _ratio(
