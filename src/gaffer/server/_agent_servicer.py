@@ -12,7 +12,7 @@ from gaffer.domain import (
     require_id,
 )
 from gaffer.server._convert import wait_seconds
-from gaffer.server._handlers import Ctx, call_budget, unary
+from gaffer.server._handlers import Ctx, call_budget
 from gaffer.store import StoredJob
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -46,7 +46,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self._lease_ttl = lease_ttl
         self._heartbeat_interval = heartbeat_interval
 
-    @unary
     async def RegisterAgent(
         self, request: pb.RegisterAgentRequest, context: Ctx
     ) -> pb.RegisterAgentResponse:
@@ -58,14 +57,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         response.heartbeat_interval.FromMilliseconds(int(self._heartbeat_interval * 1000))
         return response
 
-    @unary
     async def ClaimJob(self, request: pb.ClaimJobRequest, context: Ctx) -> pb.ClaimJobResponse:
         require_id(request.agent_id, "agent_id", self._limits)
         wait = call_budget(context, wait_seconds(request.wait, "wait", MAX_WAIT) or 0.0) or 0.0
         claimed = await self._agents.claim(request.agent_id, request.max_jobs, wait)
         return pb.ClaimJobResponse(assignments=[_assignment(s, exp) for s, exp in claimed])
 
-    @unary
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
         require_id(request.agent_id, "agent_id", self._limits)
         wait = call_budget(context, wait_seconds(request.wait, "wait", MAX_WAIT) or 0.0) or 0.0
@@ -78,7 +75,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         response.lease_expire_time.FromNanoseconds(int(result.lease_expires * 1e9))
         return response
 
-    @unary
     async def UpdateJobStatus(
         self, request: pb.UpdateJobStatusRequest, context: Ctx
     ) -> pb.UpdateJobStatusResponse:
@@ -88,7 +84,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         )
         return pb.UpdateJobStatusResponse(job=job)
 
-    @unary
     async def PushLogs(
         self, request_iterator: AsyncIterator[pb.PushLogsRequest], context: Ctx
     ) -> pb.PushLogsResponse:
@@ -103,7 +98,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             response.stdout_size, response.stderr_size = stdout_size, stderr_size
         return response
 
-    @unary
     async def UploadArtifact(
         self, request_iterator: AsyncIterator[pb.UploadArtifactRequest], context: Ctx
     ) -> pb.UploadArtifactResponse:
@@ -127,7 +121,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         artifact = await self._agents.upload_artifact(first.header, chunks())
         return pb.UploadArtifactResponse(artifact=artifact)
 
-    @unary
     async def CompleteJob(
         self, request: pb.CompleteJobRequest, context: Ctx
     ) -> pb.CompleteJobResponse:
@@ -142,14 +135,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         )
         return pb.CompleteJobResponse(accepted=accepted, job=job)
 
-    @unary
     async def ReleaseJob(
         self, request: pb.ReleaseJobRequest, context: Ctx
     ) -> pb.ReleaseJobResponse:
         fence = _fence(request.job_id, request.attempt, request.lease_token, self._limits)
         return pb.ReleaseJobResponse(job=await self._agents.release(fence, request.reason))
 
-    @unary
     async def ListAgents(
         self, request: pb.ListAgentsRequest, context: Ctx
     ) -> pb.ListAgentsResponse:
@@ -158,7 +149,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         token = agents[page_size - 1].name if len(agents) > page_size else ""
         return pb.ListAgentsResponse(agents=agents[:page_size], next_page_token=token)
 
-    @unary
     async def DrainAgent(
         self, request: pb.DrainAgentRequest, context: Ctx
     ) -> pb.DrainAgentResponse:

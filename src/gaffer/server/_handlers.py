@@ -1,66 +1,24 @@
-"""Decorators that put every servicer method behind the one error table, and the interceptor
-that guards every call on the server (undecodable requests, gauges)."""
+"""The interceptor that guards every call on the server: undecodable requests, the one error
+table for whatever a method lets out, and the gauges of calls and streams."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import grpc
 
 from gaffer.domain import InvalidArgument
-from gaffer.server._convert import duration_seconds
 from gaffer.server._errors import abort
 from gaffer.server._metrics import Metrics
 
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 # grpc ships no type hints; the alias documents what the parameter is.
 Ctx: TypeAlias = Any  # grpc.aio.ServicerContext
 
 _PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)
-
-
-def unary(
-    method: Callable[[Any, Req, Ctx], Awaitable[Resp]],
-) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
-        try:
-            return await method(self, request, context)
-        except _PASS_THROUGH:
-            raise
-        except BaseException as exc:
-            await abort(context, exc)
-
-    return wrapper
-
-
-def server_stream(
-    method: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except _PASS_THROUGH:
-            raise
-        except BaseException as exc:
-            await abort(context, exc)
-
-    return wrapper
-
-
-def seconds(duration: Any, default: float | None) -> float | None:
-    """A Duration field as seconds, or ``default`` when unset."""
-    if not duration.ByteSize():
-        return default
-    return duration_seconds(duration, "duration")
 
 
 def call_budget(context: Ctx, requested: float | None, margin: float = 0.05) -> float | None:
@@ -101,6 +59,15 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             )
 
     return deserialize
+
+
+def _decoded(request: Any, streaming_in: bool) -> Any:
+    """The request a method may use; raises the error of an undecodable one."""
+    if streaming_in:
+        return _checked(request)
+    if isinstance(request, _Undecodable):
+        raise request.error
+    return request
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -158,11 +125,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         async def call(request: Any, context: Ctx) -> Any:
             with self._counted(stream=False):
                 try:
-                    if streaming_in:
-                        request = _checked(request)
-                    elif isinstance(request, _Undecodable):
-                        raise request.error
-                    return await behavior(request, context)
+                    return await behavior(_decoded(request, streaming_in), context)
                 except _PASS_THROUGH:
                     raise
                 except BaseException as exc:
@@ -176,11 +139,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             async def write_call(request: Any, context: Ctx) -> Any:
                 with self._counted(stream=True):
                     try:
-                        if streaming_in:
-                            request = _checked(request)
-                        elif isinstance(request, _Undecodable):
-                            raise request.error
-                        return await behavior(request, context)
+                        return await behavior(_decoded(request, streaming_in), context)
                     except _PASS_THROUGH:
                         raise
                     except BaseException as exc:
@@ -194,11 +153,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             # the transport at most the reader's window (tests/e2e/test_bounded_slow_reader.py).
             with self._counted(stream=True):
                 try:
-                    if streaming_in:
-                        request = _checked(request)
-                    elif isinstance(request, _Undecodable):
-                        raise request.error
-                    async with contextlib.aclosing(behavior(request, context)) as items:
+                    items_of = behavior(_decoded(request, streaming_in), context)
+                    async with contextlib.aclosing(items_of) as items:
                         async for item in items:
                             yield item
                 except _PASS_THROUGH:

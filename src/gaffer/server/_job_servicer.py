@@ -18,7 +18,7 @@ from gaffer.domain import (
 )
 from gaffer.domain._pagination import query_fingerprint
 from gaffer.server._convert import job_query, keepalive_seconds, wait_seconds
-from gaffer.server._handlers import Ctx, call_budget, server_stream, unary
+from gaffer.server._handlers import Ctx, call_budget
 from gaffer.server._time import now_timestamp
 from gaffer.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -35,7 +35,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def _caller(self, context: Ctx) -> Caller:
         return Caller()  # one tenant until auth lands
 
-    @unary
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Ctx) -> pb.SubmitJobResponse:
         if not request.HasField("spec"):
             raise InvalidArgument.single("spec", "is required", reason="INVALID_SPEC")
@@ -47,12 +46,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         return pb.SubmitJobResponse(job=job, existing=existing)
 
-    @unary
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.GetJobResponse:
         require_id(request.job_id, "job_id", self._limits)
         return pb.GetJobResponse(job=await self._jobs.get(self._caller(context), request.job_id))
 
-    @unary
     async def ListJobs(self, request: pb.ListJobsRequest, context: Ctx) -> pb.ListJobsResponse:
         page_size = check_page_size(request.page_size, self._limits)
         violations = check_enum_values(
@@ -78,13 +75,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         token = "" if next_seq is None else encode_page_token(PageCursor(next_seq, fingerprint))
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
-    @unary
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
         require_id(request.job_id, "job_id", self._limits)
         job = await self._jobs.cancel(self._caller(context), request.job_id, request.reason)
         return pb.CancelJobResponse(job=job)
 
-    @unary
     async def WaitJob(self, request: pb.WaitJobRequest, context: Ctx) -> pb.WaitJobResponse:
         require_id(request.job_id, "job_id", self._limits)
         timeout = wait_seconds(request.timeout, "timeout", MAX_WAIT)
@@ -93,7 +88,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         return pb.WaitJobResponse(job=job, finished=is_finished(job.state))
 
-    @server_stream
     async def StreamJobEvents(
         self, request: pb.StreamJobEventsRequest, context: Ctx
     ) -> AsyncIterator[pb.StreamJobEventsResponse]:
@@ -118,7 +112,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             else:
                 yield pb.StreamJobEventsResponse(event=event)
 
-    @server_stream
     async def StreamLogs(
         self, request: pb.StreamLogsRequest, context: Ctx
     ) -> AsyncIterator[pb.StreamLogsResponse]:
@@ -147,7 +140,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             else:
                 yield pb.StreamLogsResponse(end=item)
 
-    @unary
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: Ctx
     ) -> pb.ListArtifactsResponse:
@@ -155,7 +147,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         artifacts = await self._jobs.artifacts(self._caller(context), request.job_id)
         return pb.ListArtifactsResponse(artifacts=artifacts)
 
-    @server_stream
     async def ReadArtifact(
         self, request: pb.ReadArtifactRequest, context: Ctx
     ) -> AsyncIterator[pb.ReadArtifactResponse]:
