@@ -53,7 +53,6 @@ class LogAppend:
     """What happened to one pushed chunk."""
 
     accepted: bool
-    duplicate: bool
     stdout_size: int
     stderr_size: int
 

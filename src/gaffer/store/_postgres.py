@@ -34,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from gaffer.domain import AlreadyExists, OutOfRange, StoreUnavailable
+from gaffer.domain import AlreadyExists, StoreUnavailable
 from gaffer.store._base import (
     JobQuery,
     LogAppend,
@@ -44,6 +44,7 @@ from gaffer.store._base import (
     Topics,
     Transaction,
 )
+from gaffer.store._log_rules import TailScan, log_append, new_bytes, trimmed_chunks
 from gaffer.store._notifier import Notifier
 from gaffer.store._pg_notify import CONNECTION_ERRORS, Listener, encode_payloads
 from gaffer.store._postgres_schema import MIGRATIONS
@@ -319,17 +320,9 @@ class _PostgresTransaction(Transaction):
         with _mapped("read log sizes"):
             sizes = await _log_sizes(self._conn, job_id, attempt)
         size = sizes.get(stream, 0)
-        accepted = False
-        if offset > size:
-            raise OutOfRange(
-                f"chunk at offset {offset} of stream {stream} leaves a gap: "
-                f"{size} bytes are stored",
-                reason="LOG_GAP",
-            )
+        fresh = new_bytes(stream, size, offset, data)
         end = offset + len(data)
-        if end > size:
-            # Only bytes not stored yet are kept: a resent or regrouped chunk adds nothing twice.
-            fresh = data[size - offset :]
+        if fresh:
             await self._execute(
                 'INSERT INTO log_chunks (job_id, attempt, stream, "offset", data)'
                 " VALUES ($1, $2, $3, $4, $5)",
@@ -348,13 +341,7 @@ class _PostgresTransaction(Transaction):
                 end,
             )
             sizes[stream] = end
-            accepted = True
-        return LogAppend(
-            accepted=accepted,
-            duplicate=not accepted,
-            stdout_size=sizes.get(job_pb2.LOG_STREAM_STDOUT, 0),
-            stderr_size=sizes.get(job_pb2.LOG_STREAM_STDERR, 0),
-        )
+        return log_append(sizes, accepted=bool(fresh))
 
     async def put_artifact(self, job_id: str, artifact: job_pb2.Artifact) -> None:
         await self._execute(
@@ -614,19 +601,7 @@ class PostgresStore(Store):
             f" AND ({conds}) ORDER BY id LIMIT 256) c WHERE before < {arg(max_bytes)} ORDER BY id",
             *arg.values,
         )
-        chunks: list[job_pb2.LogChunk] = []
-        total = 0
-        for stream, offset, data in rows:
-            skip = offsets[stream] - offset
-            if skip > 0:
-                data, offset = data[skip:], offset + skip
-            chunks.append(
-                job_pb2.LogChunk(stream=stream, offset=offset, data=data, attempt=attempt)
-            )
-            total += len(data)
-            if total >= max_bytes:
-                break
-        return chunks
+        return trimmed_chunks(rows, offsets, attempt, max_bytes)
 
     async def log_sizes(self, job_id: str, attempt: int) -> dict[int, int]:
         pool = self._live_pool()
@@ -635,7 +610,7 @@ class PostgresStore(Store):
                 return await _log_sizes(conn, job_id, attempt)
 
     async def tail_offset(self, job_id: str, attempt: int, stream: int, lines: int) -> int:
-        newlines = 0
+        scan = TailScan(lines)
         before = _FAR
         while True:
             rows = await self._read(
@@ -650,18 +625,9 @@ class PostgresStore(Store):
             if not rows:
                 return 0
             for offset, data in rows:
-                end = len(data)
-                # A trailing newline at the very end of the stream ends the last line.
-                if newlines == 0 and before == _FAR and data.endswith(b"\n"):
-                    end -= 1
-                pos = end
-                while True:
-                    pos = data.rfind(b"\n", 0, pos)
-                    if pos < 0:
-                        break
-                    newlines += 1
-                    if newlines == lines:
-                        return int(offset + pos + 1)
+                found = scan.feed(offset, data)
+                if found is not None:
+                    return found
                 before = offset
 
     async def list_artifacts(self, job_id: str) -> list[job_pb2.Artifact]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from gaffer.domain import OutOfRange, StoreUnavailable
+from gaffer.domain import StoreUnavailable
 from gaffer.store._base import (
     JobQuery,
     LogAppend,
@@ -31,6 +31,7 @@ from gaffer.store._base import (
     Transaction,
 )
 from gaffer.store._group_commit import GroupCommitter
+from gaffer.store._log_rules import TailScan, log_append, new_bytes, trimmed_chunks
 from gaffer.store._notifier import Notifier
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
@@ -212,17 +213,9 @@ class _SqliteTransaction(Transaction):
     ) -> LogAppend:
         sizes = await _log_sizes(self._conn, job_id, attempt)
         size = sizes.get(stream, 0)
-        accepted = False
-        if offset > size:
-            raise OutOfRange(
-                f"chunk at offset {offset} of stream {stream} leaves a gap: "
-                f"{size} bytes are stored",
-                reason="LOG_GAP",
-            )
+        fresh = new_bytes(stream, size, offset, data)
         end = offset + len(data)
-        if end > size:
-            # Only bytes not stored yet are kept: a resent or regrouped chunk adds nothing twice.
-            fresh = data[size - offset :]
+        if fresh:
             await self._conn.execute(
                 "INSERT INTO log_chunks (job_id, attempt, stream, offset, data)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -234,13 +227,7 @@ class _SqliteTransaction(Transaction):
                 (job_id, attempt, stream, end),
             )
             sizes[stream] = end
-            accepted = True
-        return LogAppend(
-            accepted=accepted,
-            duplicate=not accepted,
-            stdout_size=sizes.get(job_pb2.LOG_STREAM_STDOUT, 0),
-            stderr_size=sizes.get(job_pb2.LOG_STREAM_STDERR, 0),
-        )
+        return log_append(sizes, accepted=bool(fresh))
 
     async def put_artifact(self, job_id: str, artifact: job_pb2.Artifact) -> None:
         await self._conn.execute(
@@ -460,25 +447,13 @@ class SqliteStore(Store):
             )
         }
         rows = [found[rowid] for rowid in wanted if rowid in found]
-        chunks: list[job_pb2.LogChunk] = []
-        total = 0
-        for stream, offset, data in rows:
-            skip = offsets[stream] - offset
-            if skip > 0:
-                data, offset = data[skip:], offset + skip
-            chunks.append(
-                job_pb2.LogChunk(stream=stream, offset=offset, data=data, attempt=attempt)
-            )
-            total += len(data)
-            if total >= max_bytes:
-                break
-        return chunks
+        return trimmed_chunks(rows, offsets, attempt, max_bytes)
 
     async def log_sizes(self, job_id: str, attempt: int) -> dict[int, int]:
         return await _log_sizes(self._r, job_id, attempt)
 
     async def tail_offset(self, job_id: str, attempt: int, stream: int, lines: int) -> int:
-        newlines = 0
+        scan = TailScan(lines)
         before = 2**62
         while True:
             rows = list(
@@ -491,18 +466,9 @@ class SqliteStore(Store):
             if not rows:
                 return 0
             for offset, data in rows:
-                end = len(data)
-                # A trailing newline at the very end of the stream ends the last line.
-                if newlines == 0 and before == 2**62 and data.endswith(b"\n"):
-                    end -= 1
-                pos = end
-                while True:
-                    pos = data.rfind(b"\n", 0, pos)
-                    if pos < 0:
-                        break
-                    newlines += 1
-                    if newlines == lines:
-                        return int(offset + pos + 1)
+                found = scan.feed(offset, data)
+                if found is not None:
+                    return found
                 before = offset
 
     async def list_artifacts(self, job_id: str) -> list[job_pb2.Artifact]:
