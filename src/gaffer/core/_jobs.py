@@ -15,11 +15,15 @@ from gaffer.domain import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    PageCursor,
+    decode_page_token,
+    encode_page_token,
     is_finished,
     job_timings,
     new_job_id,
     validate_spec,
 )
+from gaffer.domain._pagination import query_fingerprint
 from gaffer.store import (
     EVENTS_TOPIC,
     BlobStore,
@@ -147,16 +151,28 @@ class Jobs:
         return self._present(await self._get(caller, job_id))
 
     async def list_page(
-        self, caller: Caller, query: JobQuery, *, newest_first: bool, after_seq: int, limit: int
-    ) -> tuple[list[job_pb2.Job], int | None]:
-        """A page of jobs and the cursor of the next page (None on the last)."""
+        self,
+        caller: Caller,
+        query: JobQuery,
+        *,
+        newest_first: bool,
+        page_token: str,
+        query_key: bytes,
+        limit: int,
+    ) -> tuple[list[job_pb2.Job], str]:
+        """A page of jobs and the token of the next page ("" on the last).
+
+        ``query_key`` identifies the filter and order; a token is refused for any other.
+        """
+        fingerprint = query_fingerprint(query_key + bytes([newest_first]))
+        after_seq = decode_page_token(page_token, fingerprint).after_seq if page_token else 0
         rows = await self._store.list_jobs(
             caller.tenant, query, newest_first=newest_first, after_seq=after_seq, limit=limit + 1
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        next_seq = rows[-1].seq if more and rows else None
-        return [self._present(r) for r in rows], next_seq
+        token = encode_page_token(PageCursor(rows[-1].seq, fingerprint)) if more and rows else ""
+        return [self._present(r) for r in rows], token
 
     async def cancel(self, caller: Caller, job_id: str, reason: str) -> job_pb2.Job:
         """Cancels at once when pending; asks the agent to kill it when claimed or running."""

@@ -8,15 +8,11 @@ from gaffer.core import Caller, Jobs, LogRequest
 from gaffer.domain import (
     InvalidArgument,
     Limits,
-    PageCursor,
     check_enum_values,
     check_page_size,
-    decode_page_token,
-    encode_page_token,
     is_finished,
     require_id,
 )
-from gaffer.domain._pagination import query_fingerprint
 from gaffer.server._convert import job_query, keepalive_seconds, wait_seconds
 from gaffer.server._handlers import Ctx, call_budget
 from gaffer.server._time import now_timestamp
@@ -58,21 +54,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if violations:
             raise InvalidArgument(violations)
         query = job_query(request.filter, self._limits)
-        newest_first = request.order != pb.LIST_ORDER_OLDEST_FIRST
-        fingerprint = query_fingerprint(
-            request.filter.SerializeToString(deterministic=True) + bytes([newest_first])
-        )
-        after_seq = 0
-        if request.page_token:
-            after_seq = decode_page_token(request.page_token, fingerprint).after_seq
-        jobs, next_seq = await self._jobs.list_page(
+        jobs, token = await self._jobs.list_page(
             self._caller(context),
             query,
-            newest_first=newest_first,
-            after_seq=after_seq,
+            newest_first=request.order != pb.LIST_ORDER_OLDEST_FIRST,
+            page_token=request.page_token,
+            query_key=request.filter.SerializeToString(deterministic=True),
             limit=page_size,
         )
-        token = "" if next_seq is None else encode_page_token(PageCursor(next_seq, fingerprint))
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Ctx) -> pb.CancelJobResponse:
