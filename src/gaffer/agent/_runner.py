@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from gaffer.domain import stays_inside
+
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 65536
@@ -78,10 +80,9 @@ class RunResult:
 
 def check_relative(path: str) -> PurePosixPath:
     """Returns ``path`` if it is relative and stays inside its base, else raises."""
-    pure = PurePosixPath(path)
-    if not path or pure.is_absolute() or ".." in pure.parts or pure == PurePosixPath("."):
+    if not stays_inside(path):
         raise InvalidPathError(f"path {path!r} must be relative and must not contain '..'")
-    return pure
+    return PurePosixPath(path)
 
 
 def write_inputs(workdir: Path, inputs: Iterable[InputFile]) -> None:

@@ -27,6 +27,7 @@ from gaffer.domain._validation import (
     check_enum_values,
     check_page_size,
     require_id,
+    stays_inside,
     validate_spec,
 )
 
@@ -57,5 +58,6 @@ __all__ = [
     "next_backoff",
     "require_id",
     "should_retry",
+    "stays_inside",
     "validate_spec",
 ]

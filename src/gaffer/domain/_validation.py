@@ -105,17 +105,27 @@ def check_labels(
             )
 
 
+def stays_inside(path: str) -> bool:
+    """Whether ``path`` names something inside a directory: relative, no "..", not "." itself.
+
+    The server refuses other paths at submit; the agent checks again before touching disk.
+    """
+    pure = PurePosixPath(path)
+    return (
+        bool(path)
+        and "\0" not in path
+        and not pure.is_absolute()
+        and ".." not in pure.parts
+        and pure != PurePosixPath(".")
+    )
+
+
 def check_relative_path(path: str, field: str, limits: Limits, out: list[FieldViolation]) -> None:
     if not path:
         out.append(FieldViolation(field, "must not be empty"))
     elif len(path) > limits.max_path_chars:
         out.append(FieldViolation(field, f"is longer than {limits.max_path_chars} characters"))
-    elif (
-        "\0" in path
-        or PurePosixPath(path).is_absolute()
-        or ".." in PurePosixPath(path).parts
-        or PurePosixPath(path) == PurePosixPath(".")
-    ):
+    elif not stays_inside(path):
         out.append(FieldViolation(field, "must be a relative path inside the working directory"))
 
 
