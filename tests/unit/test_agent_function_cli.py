@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from gaffer.cli import build_parser
@@ -38,3 +41,16 @@ def test_a_functions_module_that_cannot_be_imported_is_a_usage_error() -> None:
     args = build_parser().parse_args(["agent", "--functions", "no_such_module_for_gaffer_tests"])
     with pytest.raises(UsageError, match="no_such_module_for_gaffer_tests"):
         _functions(args)
+
+
+def test_a_functions_module_in_the_current_directory_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with `python -m`, even when `gaffer` runs as a console script (cwd not on sys.path)."""
+    (tmp_path / "cwd_tasks_for_test.py").write_text(
+        "from gaffer.agent import function\n\n@function('cwd.test')\ndef f():\n    return 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    args = build_parser().parse_args(["agent", "--functions", "cwd_tasks_for_test"])
+    assert "cwd.test" in _functions(args)

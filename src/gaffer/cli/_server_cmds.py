@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,10 @@ def _functions(args: argparse.Namespace) -> dict[str, Callable[..., Any]]:
     """What the --functions modules registered; a module that fails to import is a usage error."""
     from gaffer.agent import load_function_modules
 
+    # Like `python -m`, the current directory is importable: `gaffer agent --functions mytasks`
+    # finds ./mytasks.py whether gaffer was started as a script or a module.
+    if args.functions and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return load_function_modules(args.functions or ())
     except ImportError as error:
