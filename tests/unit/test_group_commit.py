@@ -1,154 +1,199 @@
-"""Group commit over a real SQLite connection: batching, isolation of failures, cancellation."""
+"""Group commit over a real SQLite connection: batching, isolation of failures, syncs."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from gaffer.store._group_commit import GroupCommitter
-from tests.helpers import wait_until_async
 
 
 class Unavailable(Exception):
     pass
 
 
-Db = tuple[aiosqlite.Connection, list[str], GroupCommitter]
-
-
 @pytest.fixture
-async def db(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[aiosqlite.Connection, list[str], GroupCommitter]]:
-    conn = await aiosqlite.connect(tmp_path / "t.db", isolation_level=None)
-    await conn.execute("CREATE TABLE t (v INTEGER UNIQUE)")
-    statements: list[str] = []
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (v INTEGER UNIQUE)")
+    yield conn
+    conn.close()
 
-    async def execute(sql: str) -> None:
+
+def values(conn: sqlite3.Connection) -> list[int]:
+    return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+def recording(conn: sqlite3.Connection, statements: list[str]):  # type: ignore[no-untyped-def]
+    def execute(sql: str) -> None:
         statements.append(sql)
-        await conn.execute(sql)
+        conn.execute(sql)
 
-    committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    return execute
+
+
+async def test_concurrent_transactions_share_commits(conn: sqlite3.Connection) -> None:
+    statements: list[str] = []
+    committer = GroupCommitter(recording(conn, statements), begin="BEGIN IMMEDIATE",
+                               wrap_error=Unavailable)  # fmt: skip
     committer.start()
-    yield conn, statements, committer
-    await committer.close()
-    await conn.close()
-
-
-async def _queued(committer: GroupCommitter) -> bool:
-    return len(committer._queue) == 1
-
-
-async def values(conn: aiosqlite.Connection) -> list[int]:
-    return [v for (v,) in await conn.execute_fetchall("SELECT v FROM t ORDER BY v")]
-
-
-async def test_concurrent_transactions_share_commits(db: Db) -> None:
-    conn, statements, committer = db
     published: list[int] = []
 
     async def write(i: int) -> None:
         async with committer.transaction(lambda: published.append(i)):
-            await conn.execute("INSERT INTO t VALUES (?)", (i,))
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
 
     await asyncio.gather(*(write(i) for i in range(100)))
-    assert await values(conn) == list(range(100))
+    await committer.close()
+    assert values(conn) == list(range(100))
     assert sorted(published) == list(range(100))
-    commits = statements.count("COMMIT")
-    assert 1 <= commits < 100  # grouped: fewer commits than transactions
+    assert 1 <= statements.count("COMMIT") < 100  # grouped: fewer commits than transactions
 
 
-async def test_a_failing_body_rolls_back_only_itself(db: Db) -> None:
-    conn, _, committer = db
+async def test_a_failing_body_rolls_back_only_itself(conn: sqlite3.Connection) -> None:
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer.start()
     published: list[int] = []
 
     async def write(i: int) -> None:
         async with committer.transaction(lambda: published.append(i)):
-            await conn.execute("INSERT INTO t VALUES (?)", (i,))
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
             if i % 3 == 0:
                 raise ValueError(i)
 
     results = await asyncio.gather(*(write(i) for i in range(12)), return_exceptions=True)
+    await committer.close()
     failed = [i for i, r in enumerate(results) if isinstance(r, ValueError)]
     assert failed == [0, 3, 6, 9]
-    assert await values(conn) == [i for i in range(12) if i % 3]
+    assert values(conn) == [i for i in range(12) if i % 3]
     assert sorted(published) == [i for i in range(12) if i % 3]
 
 
-async def test_a_caller_cancelled_while_waiting_writes_nothing(db: Db) -> None:
-    conn, _, committer = db
+async def test_a_body_that_suspends_is_not_interleaved(conn: sqlite3.Connection) -> None:
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer.start()
     inside = asyncio.Event()
     release = asyncio.Event()
+    order: list[str] = []
+
+    async def slow() -> None:
+        async with committer.transaction(lambda: order.append("slow committed")):
+            conn.execute("INSERT INTO t VALUES (1)")
+            inside.set()
+            await release.wait()
+            order.append("slow done")
+            raise ValueError("rolled back")
+
+    async def other() -> None:
+        async with committer.transaction(lambda: order.append("other committed")):
+            order.append("other body")
+            conn.execute("INSERT INTO t VALUES (2)")
+
+    first = asyncio.create_task(slow())
+    await inside.wait()
+    second = asyncio.create_task(other())
+    for _ in range(5):
+        await asyncio.sleep(0)  # a few turns: the other body must still be waiting
+    assert order == []
+    release.set()
+    with pytest.raises(ValueError):
+        await first
+    await second
+    await committer.close()
+    assert order == ["slow done", "other body", "other committed"]
+    assert values(conn) == [2]
+
+
+async def test_a_caller_cancelled_while_waiting_writes_nothing(conn: sqlite3.Connection) -> None:
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer.start()
+    inside = asyncio.Event()
+    release = asyncio.Event()
+    entered = asyncio.Event()
 
     async def slow() -> None:
         async with committer.transaction(lambda: None):
-            await conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute("INSERT INTO t VALUES (1)")
             inside.set()
             await release.wait()
 
     async def queued() -> None:
+        entered.set()
         async with committer.transaction(lambda: None):
-            await conn.execute("INSERT INTO t VALUES (2)")
+            conn.execute("INSERT INTO t VALUES (2)")
 
     first = asyncio.create_task(slow())
     await inside.wait()
     second = asyncio.create_task(queued())
-    await wait_until_async(lambda: _queued(committer), what="the second caller to queue")
+    await entered.wait()
     second.cancel()
     release.set()
     await first
     with pytest.raises(asyncio.CancelledError):
         await second
     async with committer.transaction(lambda: None):
-        await conn.execute("INSERT INTO t VALUES (3)")
-    assert await values(conn) == [1, 3]
+        conn.execute("INSERT INTO t VALUES (3)")
+    await committer.close()
+    assert values(conn) == [1, 3]
 
 
-async def test_a_failed_commit_reaches_every_caller(tmp_path: Path) -> None:
-    conn = await aiosqlite.connect(tmp_path / "t.db", isolation_level=None)
-    await conn.execute("CREATE TABLE t (v INTEGER)")
-
-    async def execute(sql: str) -> None:
+async def test_a_failed_commit_reaches_every_caller(conn: sqlite3.Connection) -> None:
+    def execute(sql: str) -> None:
         if sql == "COMMIT":
             raise OSError("disk full")
-        await conn.execute(sql)
+        conn.execute(sql)
 
     committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
     committer.start()
-    try:
-        with pytest.raises(Unavailable):
-            async with committer.transaction(lambda: None):
-                await conn.execute("INSERT INTO t VALUES (1)")
-        assert await values(conn) == []
-    finally:
-        await committer.close()
-        await conn.close()
+    published: list[int] = []
+
+    async def write(i: int) -> None:
+        async with committer.transaction(lambda: published.append(i), durable=i % 2 == 0):
+            conn.execute("INSERT INTO t VALUES (?)", (i,))
+
+    results = await asyncio.gather(*(write(i) for i in range(4)), return_exceptions=True)
+    await committer.close()
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert published == []
+    assert values(conn) == []
 
 
-async def test_only_batches_holding_a_durable_transaction_are_synced(tmp_path: Path) -> None:
-    conn = await aiosqlite.connect(tmp_path / "t.db", isolation_level=None)
-    await conn.execute("CREATE TABLE t (v INTEGER)")
+async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
+    conn: sqlite3.Connection,
+) -> None:
     syncs: list[int] = []
-
-    async def execute(sql: str) -> None:
-        await conn.execute(sql)
+    gate = asyncio.Event()
 
     async def sync() -> None:
-        syncs.append(len(await values(conn)))
+        syncs.append(len(values(conn)))  # what is committed when the sync starts
+        await gate.wait()
 
-    committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable, sync=sync)
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
+                               sync=sync)  # fmt: skip
     committer.start()
-    try:
-        async with committer.transaction(lambda: None, durable=False):
-            await conn.execute("INSERT INTO t VALUES (1)")
-        assert syncs == []
-        async with committer.transaction(lambda: None):
-            await conn.execute("INSERT INTO t VALUES (2)")
-        assert syncs == [2]  # synced after the commit that holds it, before the caller returns
-    finally:
-        await committer.close()
-        await conn.close()
+    async with committer.transaction(lambda: None, durable=False):
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert syncs == []  # a non-durable commit is not synced
+
+    first = asyncio.create_task(_insert(committer, conn, 2))
+    while not syncs:
+        await asyncio.sleep(0)
+    # A sync is running: commits made meanwhile wait for the next one, together.
+    later = [asyncio.create_task(_insert(committer, conn, v)) for v in (3, 4)]
+    while len(values(conn)) < 4:
+        await asyncio.sleep(0)
+    assert not first.done() and not any(t.done() for t in later)
+    gate.set()
+    await asyncio.gather(first, *later)
+    await committer.close()
+    assert syncs == [2, 4]
+
+
+async def _insert(committer: GroupCommitter, conn: sqlite3.Connection, v: int) -> None:
+    async with committer.transaction(lambda: None):
+        conn.execute("INSERT INTO t VALUES (?)", (v,))

@@ -1,19 +1,23 @@
-"""Group commit: many short write transactions share one database transaction and one fsync.
+"""Group commit on the event loop: many short write transactions, one COMMIT, one fsync.
 
-Callers enter ``async with committer.transaction():`` as usual. A single writer task opens a
-database transaction, then gives each waiting caller its turn inside it, one at a time, each
-in its own SAVEPOINT (a caller that fails rolls back only its own work). When no caller is
-waiting (or the batch is full) it commits once and releases every caller of the batch. Under
-load, batches grow by themselves and the cost of the commit is shared; an idle store commits
-each transaction on its own, as before.
+Transaction bodies run on the loop thread against a synchronous connection (an SQLite
+statement on a warm page cache costs microseconds; a hop to a worker thread and back costs
+more than the statement). Bodies run one at a time, each in its own SAVEPOINT (a body that
+fails rolls back only its own work). Every body that finishes in the same turn of the loop
+joins the open batch; the batch commits at the next turn. A durable caller also waits for the
+fsync that covers its commit; fsyncs run in a worker thread, and commits made while one runs
+share the next. Under load, batches grow by themselves; an idle store commits each
+transaction on its own.
 
-A caller returns only after the commit that holds its work: durability is unchanged.
+A body that really suspends (awaits I/O) holds the writer until it finishes: nothing else
+interleaves with its statements, and the batch waits for it.
+
+A caller returns only after the commit (and, if durable, the fsync) that holds its work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,142 +25,164 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-Statement = Callable[[str], Awaitable[object]]
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
 
 
 @dataclass(eq=False)
-class _Ticket:
-    turn: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    done: asyncio.Future[bool] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    committed: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    on_commit: Callable[[], None] | None = None
-    durable: bool = True
+class _Batch:
+    committed: asyncio.Future[None] = field(default_factory=_future)
+    synced: asyncio.Future[None] = field(default_factory=_future)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
+    durable: bool = False
 
 
 class GroupCommitter:
-    """Serialises transaction bodies on one connection and batches their commits.
+    """Serialises transaction bodies on one connection and batches their commits and syncs.
 
     Args:
-        execute: runs one SQL statement on the writer connection.
+        execute: runs one SQL statement on the writer connection, synchronously.
         begin: the statement that opens a write transaction (``BEGIN IMMEDIATE`` for SQLite).
-        max_batch: callers per database transaction at most.
-        wrap_error: turns a failure of BEGIN/COMMIT into the error callers should see.
-        sync: makes a committed batch durable on disk; run after COMMIT when the batch holds
-            a durable transaction (None: every COMMIT is durable by itself).
+        wrap_error: turns a failure of BEGIN/COMMIT/sync into the error callers should see.
+        sync: makes what is committed durable on disk (None: every COMMIT is durable by
+            itself).
     """
 
     def __init__(
         self,
-        execute: Statement,
+        execute: Callable[[str], object],
         *,
         begin: str,
-        max_batch: int = 512,
         wrap_error: Callable[[BaseException], BaseException],
         sync: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._execute = execute
         self._begin = begin
-        self._max_batch = max_batch
         self._wrap_error = wrap_error
         self._sync = sync
-        self._queue: collections.deque[_Ticket] = collections.deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
+        self._lock = asyncio.Lock()
+        self._batch: _Batch | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._unsynced: list[_Batch] = []
+        self._sync_wake = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
+        self._closed = True
+        #: Batches committed since start (for tests and metrics).
+        self.commits = 0
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._run(), name="gaffer-group-commit")
+        self._closed = False
+        if self._sync is not None:
+            self._syncer = asyncio.create_task(self._sync_loop(), name="gaffer-wal-sync")
 
     async def close(self) -> None:
+        """Commits the open batch and syncs what waits for it, then stops."""
         self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._flusher is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+                await self._flusher
+        if self._syncer is not None:
+            if self._unsynced:
+                await self._sync_pending()
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+            self._syncer = None
 
     @contextlib.asynccontextmanager
     async def transaction(
         self, on_commit: Callable[[], None], *, durable: bool = True
     ) -> AsyncIterator[None]:
-        """Runs the body inside the current batch; returns once the batch committed.
+        """Runs the body inside the open batch; returns once the batch committed.
 
         ``on_commit`` runs after the commit that holds the body's work (not on failure); a
         ``durable`` body also waits until that commit is on disk.
         """
-        if self._closed or self._writer is None:
+        if self._closed:
             raise self._wrap_error(RuntimeError("the store is closed"))
-        ticket = _Ticket(on_commit=on_commit, durable=durable)
-        self._queue.append(ticket)
-        self._wake.set()
-        try:
-            await ticket.turn
-        except BaseException:
-            if not ticket.turn.done():
-                ticket.turn.cancel()  # the writer skips a ticket whose turn it cannot give
-            elif not ticket.done.done():
-                ticket.done.set_result(False)
-            raise
-        ok = False
-        try:
-            await self._execute("SAVEPOINT gaffer_tx")
+        async with self._lock:  # free at once unless a body is suspended inside
+            batch = self._open_batch()
+            self._execute("SAVEPOINT gaffer_tx")
             try:
                 yield
-                await self._execute("RELEASE gaffer_tx")
-                ok = True
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await self._execute("ROLLBACK TO gaffer_tx")
-                    await self._execute("RELEASE gaffer_tx")
+                    self._execute("ROLLBACK TO gaffer_tx")
+                    self._execute("RELEASE gaffer_tx")
                 raise
-        finally:
-            if not ticket.done.done():
-                ticket.done.set_result(ok)
-        await asyncio.shield(ticket.committed)
+            self._execute("RELEASE gaffer_tx")
+            batch.on_commit.append(on_commit)
+            batch.durable = batch.durable or durable
+        await asyncio.shield(batch.committed)
+        if durable:
+            await asyncio.shield(batch.synced)
 
-    async def _run(self) -> None:
-        while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
+    def _open_batch(self) -> _Batch:
+        if self._batch is not None:
+            return self._batch
+        try:
+            self._execute(self._begin)
+        except Exception as exc:
+            raise self._wrap_error(exc) from exc
+        batch = self._batch = _Batch()
+        self._flusher = asyncio.create_task(self._flush(batch), name="gaffer-group-commit")
+        return batch
+
+    async def _flush(self, batch: _Batch) -> None:
+        await asyncio.sleep(0)  # let the bodies that are ready in this turn join the batch
+        async with self._lock:
+            self._batch = None
             try:
-                await self._execute(self._begin)
-            except Exception as exc:
-                self._fail_waiting(self._wrap_error(exc))
-                continue
-            batch: list[_Ticket] = []
-            while self._queue and len(batch) < self._max_batch:
-                ticket = self._queue.popleft()
-                if ticket.turn.done():  # cancelled while waiting
-                    continue
-                ticket.turn.set_result(None)
-                if await ticket.done:
-                    batch.append(ticket)
-            try:
-                await self._execute("COMMIT")
-                if self._sync is not None and any(t.durable for t in batch):
-                    await self._sync()
+                self._execute("COMMIT")
             except Exception as exc:
                 log.error("group commit failed: %s", exc)
                 with contextlib.suppress(Exception):
-                    await self._execute("ROLLBACK")
+                    self._execute("ROLLBACK")
                 error = self._wrap_error(exc)
-                for ticket in batch:
-                    ticket.committed.set_exception(error)
-                continue
-            for ticket in batch:
-                ticket.committed.set_result(None)
-                if ticket.on_commit is not None:
-                    ticket.on_commit()
+                batch.committed.set_exception(error)
+                batch.synced.set_exception(error)
+                _retrieve(batch)
+                return
+        self.commits += 1
+        batch.committed.set_result(None)
+        for callback in batch.on_commit:
+            try:
+                callback()
+            except Exception:
+                log.exception("after-commit callback failed")
+        if self._sync is None or not batch.durable:
+            batch.synced.set_result(None)
+        else:
+            self._unsynced.append(batch)
+            self._sync_wake.set()
 
-    def _fail_waiting(self, error: BaseException) -> None:
-        while self._queue:
-            ticket = self._queue.popleft()
-            if not ticket.turn.done():
-                ticket.turn.set_exception(error)
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._sync_wake.wait()
+            self._sync_wake.clear()
+            if self._unsynced:
+                await self._sync_pending()
+
+    async def _sync_pending(self) -> None:
+        """One fsync for every batch committed so far (those that commit meanwhile wait)."""
+        assert self._sync is not None
+        waiting, self._unsynced = self._unsynced, []
+        try:
+            await self._sync()
+        except Exception as exc:
+            log.error("syncing the store failed: %s", exc)
+            error = self._wrap_error(exc)
+            for batch in waiting:
+                batch.synced.set_exception(error)
+                _retrieve(batch)
+            return
+        for batch in waiting:
+            batch.synced.set_result(None)
+
+
+def _retrieve(batch: _Batch) -> None:
+    """Marks a failed batch's exceptions as seen (a batch of non-durable callers never
+    awaits ``synced``)."""
+    for future in (batch.committed, batch.synced):
+        future.add_done_callback(lambda f: f.exception())

@@ -1,24 +1,27 @@
-"""The embedded store: SQLite through aiosqlite, in WAL mode, one writer at a time.
+"""The embedded store: SQLite in WAL mode, one writer at a time, on the event loop's thread.
 
-Write transactions run one after another on the writer connection, grouped by a
-GroupCommitter so that concurrent ones share a ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one fsync);
-a transaction never interleaves with another coroutine's statements. Reads use a second
-connection and never wait for writers (WAL).
+Statements run synchronously on the loop: on a warm page cache one costs a few microseconds,
+less than a hop to a worker thread and back. Write transactions run one after another on the
+writer connection, grouped by a GroupCommitter so that concurrent ones share a
+``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a worker thread. Point reads
+use a second connection and never wait for writers (WAL); reads that may scan many rows
+(listing jobs with filters) run in a worker thread on a third, and so do checkpoints (the
+writer never checkpoints by itself, so a commit never stalls the loop on the disk).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from gaffer.domain import StoreUnavailable
 from gaffer.store._base import (
@@ -73,17 +76,16 @@ def filter_sql(query: JobQuery, alias: str = "jobs") -> tuple[str, list[Any]]:
 
 
 class _SqliteTransaction(Transaction):
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.topics = Topics()
 
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = await self._conn.execute_fetchall(sql, params)
-        return next(iter(rows), None)
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(sql, params).fetchone()
 
     async def insert_job(self, stored: StoredJob) -> StoredJob:
         job = stored.job
-        cursor = await self._conn.execute(
+        cursor = self._conn.execute(
             "INSERT INTO jobs (id, tenant, request_id, queue, priority, state, labels, created_at,"
             " agent_id, lease_token, lease_expires, not_before, deadline, spec, body)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -106,23 +108,22 @@ class _SqliteTransaction(Transaction):
             ),
         )
         stored.seq = cursor.lastrowid or 0
-        await cursor.close()
         return stored
 
     async def find_request(self, tenant: str, request_id: str) -> StoredJob | None:
-        row = await self._one(
+        row = self._one(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ?",
             (tenant, request_id),
         )
         return _job_from_row(row) if row else None
 
     async def get_job(self, job_id: str) -> StoredJob | None:
-        row = await self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        row = self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job_from_row(row) if row else None
 
     async def update_job(self, stored: StoredJob) -> None:
         job = stored.job
-        await self._conn.execute(
+        self._conn.execute(
             "UPDATE jobs SET state = ?, agent_id = ?, lease_token = ?, lease_expires = ?,"
             " not_before = ?, deadline = ?, body = ? WHERE seq = ?",
             (
@@ -138,16 +139,16 @@ class _SqliteTransaction(Transaction):
         )
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
-        cursor = await self._conn.execute(
+        cursor = self._conn.execute(
             "INSERT INTO events (job_id, tenant, body) VALUES (?, ?, ?)",
             (event.job_id, tenant, event.SerializeToString()),
         )
         seq = cursor.lastrowid or 0
-        await cursor.close()
         return seq
 
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
-        rows = await self._conn.execute_fetchall(
+        rows = _fetchall(
+            self._conn,
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 1"
             f" AND queue IN ({','.join('?' * len(queues))}) AND not_before <= ?"
             " ORDER BY priority DESC, seq LIMIT ?",
@@ -156,7 +157,8 @@ class _SqliteTransaction(Transaction):
         return [_job_from_row(r) for r in rows]
 
     async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
-        rows = await self._conn.execute_fetchall(
+        rows = _fetchall(
+            self._conn,
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE agent_id = ? AND state IN (2,3,4,5)",
             (agent_id,),
         )
@@ -165,25 +167,25 @@ class _SqliteTransaction(Transaction):
     async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return
-        await self._conn.execute(
+        self._conn.execute(
             "UPDATE jobs SET lease_expires = ? WHERE agent_id = ? AND state IN (2,3,4,5)"
             f" AND id IN ({','.join('?' * len(job_ids))})",
             (expires, agent_id, *job_ids),
         )
 
     async def extend_leases(self, at_least: float) -> int:
-        cursor = await self._conn.execute(
+        cursor = self._conn.execute(
             "UPDATE jobs SET lease_expires = MAX(lease_expires, ?),"
             " deadline = CASE WHEN deadline > 0 THEN MAX(deadline, ?) ELSE 0 END"
             " WHERE state IN (2,3,4,5) AND (lease_expires < ? OR (deadline > 0 AND deadline < ?))",
             (at_least, at_least, at_least, at_least),
         )
         count = cursor.rowcount
-        await cursor.close()
         return count
 
     async def lapsed_jobs(self, now: float, limit: int) -> list[StoredJob]:
-        rows = await self._conn.execute_fetchall(
+        rows = _fetchall(
+            self._conn,
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN (2,3,4,5) AND"
             " ((lease_expires > 0 AND lease_expires < ?) OR (deadline > 0 AND deadline < ?))"
             " LIMIT ?",
@@ -192,16 +194,16 @@ class _SqliteTransaction(Transaction):
         return [_job_from_row(r) for r in rows]
 
     async def get_agent(self, agent_id: str, *, lock: bool = True) -> StoredAgent | None:
-        row = await self._one("SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,))
+        row = self._one("SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,))
         return _agent_from_row(row) if row else None
 
     async def get_agent_by_name(self, name: str) -> StoredAgent | None:
-        row = await self._one("SELECT last_heartbeat, body FROM agents WHERE name = ?", (name,))
+        row = self._one("SELECT last_heartbeat, body FROM agents WHERE name = ?", (name,))
         return _agent_from_row(row) if row else None
 
     async def put_agent(self, stored: StoredAgent) -> None:
         agent = stored.agent
-        await self._conn.execute(
+        self._conn.execute(
             "INSERT INTO agents (id, name, last_heartbeat, body) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
             " last_heartbeat = excluded.last_heartbeat, body = excluded.body",
@@ -211,17 +213,17 @@ class _SqliteTransaction(Transaction):
     async def append_log(
         self, job_id: str, attempt: int, stream: int, offset: int, data: bytes
     ) -> LogAppend:
-        sizes = await _log_sizes(self._conn, job_id, attempt)
+        sizes = _log_sizes(self._conn, job_id, attempt)
         size = sizes.get(stream, 0)
         fresh = new_bytes(stream, size, offset, data)
         end = offset + len(data)
         if fresh:
-            await self._conn.execute(
+            self._conn.execute(
                 "INSERT INTO log_chunks (job_id, attempt, stream, offset, data)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (job_id, attempt, stream, size, fresh),
             )
-            await self._conn.execute(
+            self._conn.execute(
                 "INSERT INTO log_sizes (job_id, attempt, stream, size) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (job_id, attempt, stream) DO UPDATE SET size = excluded.size",
                 (job_id, attempt, stream, end),
@@ -230,7 +232,7 @@ class _SqliteTransaction(Transaction):
         return log_append(sizes, accepted=bool(fresh))
 
     async def put_artifact(self, job_id: str, artifact: job_pb2.Artifact) -> None:
-        await self._conn.execute(
+        self._conn.execute(
             "INSERT OR REPLACE INTO artifacts (job_id, name, body) VALUES (?, ?, ?)",
             (job_id, artifact.name, artifact.SerializeToString()),
         )
@@ -240,61 +242,117 @@ def _unavailable(exc: BaseException) -> BaseException:
     return StoreUnavailable(f"SQLite store is unavailable: {exc}")
 
 
-async def _log_sizes(conn: aiosqlite.Connection, job_id: str, attempt: int) -> dict[int, int]:
-    rows = await conn.execute_fetchall(
-        "SELECT stream, size FROM log_sizes WHERE job_id = ? AND attempt = ?", (job_id, attempt)
+def _log_sizes(conn: sqlite3.Connection, job_id: str, attempt: int) -> dict[int, int]:
+    rows = _fetchall(
+        conn,
+        "SELECT stream, size FROM log_sizes WHERE job_id = ? AND attempt = ?",
+        (job_id, attempt),
     )
     return {stream: size for stream, size in rows}
+
+
+def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
+
+
+class _ThreadReader:
+    """A connection used from worker threads, one query at a time: for reads that may scan."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            return _fetchall(self._conn, sql, params)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await asyncio.to_thread(self._fetchall, sql, params)
+
+    def _checkpoint(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def checkpoint(self) -> None:
+        await asyncio.to_thread(self._checkpoint)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
 
 
 class SqliteStore(Store):
     """SQLite under ``data_dir``: ``gaffer.db`` plus ``blobs/`` for artifact bytes."""
 
+    #: Seconds between checkpoints (moving the WAL's pages into the database file).
+    checkpoint_interval = 1.0
+
     def __init__(self, data_dir: Path, notifier: Notifier, *, synchronous: str = "NORMAL") -> None:
         self._data_dir = data_dir
         self._notifier = notifier
         self._synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._scanner: _ThreadReader | None = None
         self._committer: GroupCommitter | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @property
     def blob_dir(self) -> Path:
         return self._data_dir / "blobs"
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self._data_dir / "gaffer.db", isolation_level=None)
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        await conn.execute("PRAGMA foreign_keys = ON")
+    def _connect(self, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._data_dir / "gaffer.db", isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
     async def open(self) -> None:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_dir.mkdir(exist_ok=True)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
-        writer = self._writer
-
-        async def execute(sql: str) -> None:
-            await writer.execute(sql)
-
+        try:
+            # The writer runs on the loop: it must not sit in a busy wait (only another
+            # process writing this file could make it wait at all).
+            self._writer = self._connect(busy_timeout_ms=200)
+            self._migrate(self._writer)
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+            self._reader = self._connect(busy_timeout_ms=200)
+            self._scanner = _ThreadReader(self._connect())
+        except sqlite3.Error as exc:
+            await self.close()
+            raise _unavailable(exc) from exc
         # With synchronous=FULL every COMMIT reaches the disk by itself; with NORMAL (WAL: a
         # commit survives a process crash at once, a machine crash once synced) the committer
-        # syncs the WAL after each batch that holds a durable transaction.
+        # syncs the WAL once for the batches committed while the previous sync ran.
         sync = None if self._synchronous.upper() in ("FULL", "EXTRA") else self._sync_wal
         self._committer = GroupCommitter(
-            execute, begin="BEGIN IMMEDIATE", wrap_error=_unavailable, sync=sync
+            self._writer.execute, begin="BEGIN IMMEDIATE", wrap_error=_unavailable, sync=sync
         )
         self._committer.start()
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="gaffer-checkpoint")
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
+    async def _checkpoint_loop(self) -> None:
+        assert self._committer is not None and self._scanner is not None
+        done = self._committer.commits
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            if self._committer.commits == done:
+                continue
+            done = self._committer.commits
+            try:
+                await self._scanner.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("SQLite checkpoint failed (retried later): %s", exc)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
-            rows = list(await conn.execute_fetchall("SELECT version FROM schema_version"))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+            rows = _fetchall(conn, "SELECT version FROM schema_version")
             version = rows[0][0] if rows else 0
             if version > len(MIGRATIONS):
                 raise StoreUnavailable(
@@ -305,32 +363,45 @@ class SqliteStore(Store):
                 log.info("applying SQLite migration %d", number)
                 for statement in script.split(";"):
                     if statement.strip():
-                        await conn.execute(statement)
-            await conn.execute("DELETE FROM schema_version")
-            await conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-            await conn.execute("COMMIT")
+                        conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         if self._committer is not None:
             await self._committer.close()
             self._committer = None
+        if self._scanner is not None:
+            self._scanner.close()
         for conn in (self._reader, self._writer):
             if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+                conn.close()
+        self._reader = self._writer = self._scanner = None
 
     @property
-    def _r(self) -> aiosqlite.Connection:
+    def _r(self) -> sqlite3.Connection:
         if self._reader is None:
             raise StoreUnavailable("the store is closed")
         return self._reader
 
+    @property
+    def _scan(self) -> _ThreadReader:
+        if self._scanner is None:
+            raise StoreUnavailable("the store is closed")
+        return self._scanner
+
     async def ping(self) -> None:
         try:
-            await self._r.execute_fetchall("SELECT 1")
+            self._r.execute("SELECT 1").fetchall()
         except (sqlite3.Error, ValueError) as exc:
             raise StoreUnavailable(f"SQLite store is unavailable: {exc}") from exc
 
@@ -345,7 +416,7 @@ class SqliteStore(Store):
             yield tx
 
     async def _sync_wal(self) -> None:
-        """fsyncs the WAL: what synchronous=FULL does at every commit, done once per batch."""
+        """fsyncs the WAL: what synchronous=FULL does at every commit, done once per group."""
         path = self._data_dir / "gaffer.db-wal"
 
         def sync() -> None:
@@ -358,9 +429,7 @@ class SqliteStore(Store):
         await asyncio.to_thread(sync)
 
     async def get_job(self, job_id: str) -> StoredJob | None:
-        rows = await self._r.execute_fetchall(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-        )
+        rows = _fetchall(self._r, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job_from_row(next(iter(rows))) if rows else None
 
     async def list_jobs(
@@ -375,7 +444,7 @@ class SqliteStore(Store):
             + (f" AND {where}" if where else "")
             + f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         )
-        rows = await self._r.execute_fetchall(sql, (tenant, after_seq, *params, limit))
+        rows = await self._scan.fetchall(sql, (tenant, after_seq, *params, limit))
         return [_job_from_row(r) for r in rows]
 
     async def read_events(
@@ -388,20 +457,27 @@ class SqliteStore(Store):
         query: JobQuery | None = None,
     ) -> list[job_pb2.JobEvent]:
         if job_id is not None:
-            rows = await self._r.execute_fetchall(
+            rows = _fetchall(
+                self._r,
                 "SELECT seq, body FROM events WHERE job_id = ? AND tenant = ? AND seq > ?"
                 " ORDER BY seq LIMIT ?",
                 (job_id, tenant, after_seq, limit),
             )
         else:
             where, params = filter_sql(query or JobQuery(), "j")
-            join = " JOIN jobs j ON j.id = e.job_id" if where else ""
-            rows = await self._r.execute_fetchall(
-                f"SELECT e.seq, e.body FROM events e{join} WHERE e.tenant = ? AND e.seq > ?"
-                + (f" AND {where}" if where else "")
-                + " ORDER BY e.seq LIMIT ?",
-                (tenant, after_seq, *params, limit),
-            )
+            if where:  # a join that may scan: off the loop
+                rows = await self._scan.fetchall(
+                    "SELECT e.seq, e.body FROM events e JOIN jobs j ON j.id = e.job_id"
+                    f" WHERE e.tenant = ? AND e.seq > ? AND {where} ORDER BY e.seq LIMIT ?",
+                    (tenant, after_seq, *params, limit),
+                )
+            else:
+                rows = _fetchall(
+                    self._r,
+                    "SELECT seq, body FROM events WHERE tenant = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (tenant, after_seq, limit),
+                )
         events = []
         for seq, body in rows:
             event = job_pb2.JobEvent.FromString(body)
@@ -410,7 +486,7 @@ class SqliteStore(Store):
         return events
 
     async def last_event_seq(self) -> int:
-        rows = list(await self._r.execute_fetchall("SELECT IFNULL(MAX(seq), 0) FROM events"))
+        rows = _fetchall(self._r, "SELECT IFNULL(MAX(seq), 0) FROM events")
         return int(rows[0][0])
 
     async def read_logs(
@@ -424,7 +500,8 @@ class SqliteStore(Store):
             params.extend([stream, offset])
         # Sizes first (length() of a blob does not load it), then only the blobs that fit in
         # max_bytes: a reader never pulls more than about one batch into memory.
-        sizes = await self._r.execute_fetchall(
+        sizes = _fetchall(
+            self._r,
             "SELECT rowid, length(data) FROM log_chunks WHERE job_id = ? AND attempt = ?"
             f" AND ({conds}) ORDER BY rowid LIMIT 256",
             params,
@@ -440,7 +517,8 @@ class SqliteStore(Store):
             return []
         found = {
             row[0]: row[1:]
-            for row in await self._r.execute_fetchall(
+            for row in _fetchall(
+                self._r,
                 "SELECT rowid, stream, offset, data FROM log_chunks"
                 f" WHERE rowid IN ({','.join('?' * len(wanted))})",
                 wanted,
@@ -450,18 +528,17 @@ class SqliteStore(Store):
         return trimmed_chunks(rows, offsets, attempt, max_bytes)
 
     async def log_sizes(self, job_id: str, attempt: int) -> dict[int, int]:
-        return await _log_sizes(self._r, job_id, attempt)
+        return _log_sizes(self._r, job_id, attempt)
 
     async def tail_offset(self, job_id: str, attempt: int, stream: int, lines: int) -> int:
         scan = TailScan(lines)
         before = 2**62
         while True:
-            rows = list(
-                await self._r.execute_fetchall(
-                    "SELECT offset, data FROM log_chunks WHERE job_id = ? AND attempt = ?"
-                    " AND stream = ? AND offset < ? ORDER BY offset DESC LIMIT 64",
-                    (job_id, attempt, stream, before),
-                )
+            rows = _fetchall(
+                self._r,
+                "SELECT offset, data FROM log_chunks WHERE job_id = ? AND attempt = ?"
+                " AND stream = ? AND offset < ? ORDER BY offset DESC LIMIT 64",
+                (job_id, attempt, stream, before),
             )
             if not rows:
                 return 0
@@ -472,26 +549,28 @@ class SqliteStore(Store):
                 before = offset
 
     async def list_artifacts(self, job_id: str) -> list[job_pb2.Artifact]:
-        rows = await self._r.execute_fetchall(
-            "SELECT body FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)
+        rows = _fetchall(
+            self._r, "SELECT body FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)
         )
         return [job_pb2.Artifact.FromString(body) for (body,) in rows]
 
     async def list_agents(self, after_name: str, limit: int) -> list[StoredAgent]:
-        rows = await self._r.execute_fetchall(
+        rows = _fetchall(
+            self._r,
             "SELECT last_heartbeat, body FROM agents WHERE name > ? ORDER BY name LIMIT ?",
             (after_name, limit),
         )
         return [_agent_from_row(r) for r in rows]
 
     async def get_agent(self, agent_id: str) -> StoredAgent | None:
-        rows = await self._r.execute_fetchall(
-            "SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,)
+        rows = _fetchall(
+            self._r, "SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,)
         )
         return _agent_from_row(next(iter(rows))) if rows else None
 
     async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
-        rows = await self._r.execute_fetchall(
+        rows = _fetchall(
+            self._r,
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE agent_id = ? AND state IN (2,3,4,5)"
             " ORDER BY seq",
             (agent_id,),
