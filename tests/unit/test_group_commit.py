@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.store._group_commit import GroupCommitter
+from tests.helpers import wait_until_async
 
 
 class Unavailable(Exception):
@@ -167,10 +168,12 @@ async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
     conn: sqlite3.Connection,
 ) -> None:
     syncs: list[int] = []
+    syncing = asyncio.Event()
     gate = asyncio.Event()
 
     async def sync() -> None:
         syncs.append(len(values(conn)))  # what is committed when the sync starts
+        syncing.set()
         await gate.wait()
 
     committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
@@ -181,12 +184,14 @@ async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
     assert syncs == []  # a non-durable commit is not synced
 
     first = asyncio.create_task(_insert(committer, conn, 2))
-    while not syncs:
-        await asyncio.sleep(0)
+    await syncing.wait()
     # A sync is running: commits made meanwhile wait for the next one, together.
     later = [asyncio.create_task(_insert(committer, conn, v)) for v in (3, 4)]
-    while len(values(conn)) < 4:
-        await asyncio.sleep(0)
+
+    async def committed() -> bool:
+        return committer.commits >= 3
+
+    await wait_until_async(committed, what="the later transactions to commit")
     assert not first.done() and not any(t.done() for t in later)
     gate.set()
     await asyncio.gather(first, *later)

@@ -97,7 +97,6 @@ class _Agent:
         self._attempts: dict[tuple[str, int], Attempt] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
-        self._claimed = asyncio.Event()
         self._unknown_cancels: dict[tuple[str, int], None] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -182,10 +181,10 @@ class _Agent:
                 await self._register()
 
     async def _heartbeat_loop(self) -> None:
-        """Long polls Heartbeat back to back; restarts the poll when an attempt was claimed.
+        """Long polls Heartbeat back to back.
 
-        The restart tells the server about the new attempt at once, so a cancel of it wakes
-        the poll instead of waiting for the next one.
+        A poll lists the attempts running when it started; the server also watches the ones
+        claimed since (a cancel of one wakes the poll), so a claim need not restart it.
         """
         backoff = Backoff()
         loop = asyncio.get_running_loop()
@@ -195,19 +194,8 @@ class _Agent:
             generation = self._generation
             interval = self._heartbeat_interval
             request = self._heartbeat_request(interval)
-            self._claimed.clear()
-            call = asyncio.create_task(self._heartbeat(request, interval + _POLL_SLACK))
-            claimed = asyncio.create_task(self._claimed.wait())
             try:
-                await asyncio.wait({call, claimed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                claimed.cancel()
-                if not call.done():
-                    await _cancel(call)
-            if call.cancelled():
-                continue
-            try:
-                response = call.result()
+                response = await self._heartbeat(request, interval + _POLL_SLACK)
             except grpc.RpcError as error:
                 if code_of(error) == grpc.StatusCode.NOT_FOUND:
                     await self._reregister(generation)
@@ -302,7 +290,9 @@ class _Agent:
         task = asyncio.create_task(attempt.run(), name=f"attempt {key[0]}/{key[1]}")
         self._attempts[key] = attempt
         self._tasks[key] = task
-        self._claimed.set()
+        if key in self._unknown_cancels:  # the cancel order overtook the claim's answer
+            del self._unknown_cancels[key]
+            attempt.cancel("canceled before it started")
 
         def finished(_: asyncio.Task[None]) -> None:
             self._attempts.pop(key, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from gaffer.core._context import CoreSettings
@@ -59,6 +59,9 @@ class HeartbeatResult:
     draining: bool = False
 
 
+_MAX_CACHED_NAMES = 10_000
+
+
 def _agent_not_found(agent_id: str) -> NotFound:
     return NotFound(
         f"agent {agent_id!r} is not registered; register again", reason="AGENT_NOT_FOUND"
@@ -88,6 +91,9 @@ class Agents:
         self._notifier = notifier
         self._blobs = blobs
         self._settings = settings
+        # An agent id names one agent for good (registering again under a name keeps its id),
+        # so its name can be remembered instead of read for every status it reports.
+        self._names: dict[str, str] = {}
 
     def _now(self) -> float:
         return self._settings.clock()
@@ -180,20 +186,23 @@ class Agents:
             agent = stored_agent.agent
             if agent.state == agent_pb2.AGENT_STATE_DRAINING:
                 return []
-            held = await tx.jobs_of_agent(agent_id)
-            free = agent.capacity.slots - len(held)
+            cap = agent.capacity
+            used = job_pb2.Resources()
+            if cap.cpu or cap.memory_bytes or cap.gpu:
+                held = await tx.jobs_of_agent(agent_id)
+                for other in held:
+                    used.cpu += other.job.spec.resources.cpu
+                    used.memory_bytes += other.job.spec.resources.memory_bytes
+                    used.gpu += other.job.spec.resources.gpu
+                free = cap.slots - len(held)
+            else:
+                free = cap.slots - await tx.count_held(agent_id)
             if free <= 0:
                 return []
-            used = job_pb2.Resources()
-            for other in held:
-                used.cpu += other.job.spec.resources.cpu
-                used.memory_bytes += other.job.spec.resources.memory_bytes
-                used.gpu += other.job.spec.resources.gpu
             want = min(max_jobs, free)
             expires = now + self._settings.lease_ttl
-            for stored in await tx.pending_jobs(list(agent.queues), now, want * 4 + 16):
-                if len(claimed) >= want:
-                    break
+            candidates = self._candidates(tx, list(agent.queues), now, want)
+            async for stored in candidates:
                 job = stored.job
                 if not _fits(job, agent, used):
                     continue
@@ -215,11 +224,29 @@ class Agents:
                     actor=self.actor(agent),
                 )
                 claimed.append((stored, expires))
+                if len(claimed) >= want:
+                    await candidates.aclose()
+                    break
             if claimed:
                 stored_agent.last_heartbeat = now
                 agent.last_heartbeat_time.CopyFrom(timestamp(now))
                 await tx.put_agent(stored_agent)
         return claimed
+
+    async def _candidates(
+        self, tx: Transaction, queues: list[str], now: float, want: int
+    ) -> AsyncGenerator[StoredJob, None]:
+        """Pending jobs to try, in order: first just as many as wanted (usually they all fit);
+        only if the caller asks for more, a wider look past them."""
+        first = await tx.pending_jobs(queues, now, want)
+        for stored in first:
+            yield stored
+        if len(first) < want:
+            return
+        seen = {s.job.id for s in first}
+        for stored in await tx.pending_jobs(queues, now, want * 4 + 16):
+            if stored.job.id not in seen:
+                yield stored
 
     async def heartbeat(
         self,
@@ -516,8 +543,15 @@ class Agents:
         PostgreSQL, locking the agent row after the job row would invert the lock order that
         heartbeats and registrations use (and a read on another connection could wait for a
         pool connection this transaction holds)."""
-        stored = await tx.get_agent(agent_id, lock=False) if agent_id else None
-        return self.actor(stored.agent if stored else None, agent_id)
+        name = self._names.get(agent_id)
+        if name is None:
+            stored = await tx.get_agent(agent_id, lock=False) if agent_id else None
+            if stored is None:
+                return self.actor(None, agent_id)
+            if len(self._names) >= _MAX_CACHED_NAMES:
+                self._names.clear()
+            name = self._names[agent_id] = stored.agent.name
+        return f"agent:{name}"
 
     async def _cancel_now(
         self,

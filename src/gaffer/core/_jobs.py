@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gaffer.core._context import Caller, CoreSettings
-from gaffer.core._transitions import change_state, record_event, timestamp
+from gaffer.core._transitions import apply_state, change_state, record_event, timestamp
 from gaffer.domain import (
     FailedPrecondition,
     InvalidArgument,
@@ -134,15 +134,18 @@ class Jobs:
                 existing = await tx.find_request(caller.tenant, request_id)
                 if existing is not None:
                     return self._present(existing), True
-            stored = await tx.insert_job(StoredJob(job=job, tenant=caller.tenant))
-            await change_state(
+            stored = StoredJob(job=job, tenant=caller.tenant)
+            apply_state(
+                stored, S.JOB_STATE_PENDING, now=now, message="submitted", actor=caller.actor
+            )
+            await tx.insert_job(stored)
+            await record_event(
                 tx,
                 stored,
-                S.JOB_STATE_PENDING,
+                job_pb2.JOB_EVENT_TYPE_CREATED,
                 now=now,
                 message="submitted",
                 actor=caller.actor,
-                event_type=job_pb2.JOB_EVENT_TYPE_CREATED,
             )
             tx.topics.add(queue_topic(job.spec.queue))
         return self._present(stored), False

@@ -60,6 +60,24 @@ async def change_state(
 
     ``exit_code`` is given when this change records the end of the attempt's process.
     """
+    apply_state(stored, state, now=now, message=message, actor=actor, exit_code=exit_code)
+    await tx.update_job(stored)
+    return await record_event(
+        tx, stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
+    )
+
+
+def apply_state(
+    stored: StoredJob,
+    state: int,
+    *,
+    now: float,
+    message: str,
+    actor: str,
+    exit_code: int | None = None,
+) -> None:
+    """The in-memory half of change_state (for a job not stored yet: insert it, then record
+    the event)."""
     job = stored.job
     job.state = state  # type: ignore[assignment]
     job.message = message
@@ -80,7 +98,3 @@ async def change_state(
         job.cancel_requested = False
         stored.lease_expires = 0.0
         stored.deadline = 0.0
-    await tx.update_job(stored)
-    return await record_event(
-        tx, stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
-    )

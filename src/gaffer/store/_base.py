@@ -120,6 +120,10 @@ class Transaction(abc.ABC):
         """Jobs whose current attempt the agent holds."""
 
     @abc.abstractmethod
+    async def count_held(self, agent_id: str) -> int:
+        """How many jobs' current attempts the agent holds."""
+
+    @abc.abstractmethod
     async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
         """Extends the agent's leases on these jobs (only those it says it still runs)."""
 

@@ -253,6 +253,12 @@ class _PostgresTransaction(Transaction):
         )
         return [_job_from_row(r) for r in rows]
 
+    async def count_held(self, agent_id: str) -> int:
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state IN (2,3,4,5)", agent_id
+        )
+        return int(rows[0][0])
+
     async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return

@@ -164,6 +164,12 @@ class _SqliteTransaction(Transaction):
         )
         return [_job_from_row(r) for r in rows]
 
+    async def count_held(self, agent_id: str) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND state IN (2,3,4,5)", (agent_id,)
+        )
+        return int(row[0])
+
     async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return
