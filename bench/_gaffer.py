@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 
+from gaffer.client._base import frame_events
 from gaffer.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 FINISHED = frozenset(
@@ -70,26 +71,24 @@ class Finishes:
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
-        request = job_service_pb2.StreamJobEventsRequest(after_sequence=0)
+        request = job_service_pb2.StreamJobEventsRequest(after_sequence=0, batch=True)
         call = self._stub.StreamJobEvents(request)
         try:
             async for frame in call:
-                if not frame.HasField("event"):
-                    continue
-                event = frame.event
-                self.events += 1
-                if (
-                    event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
-                    and event.state in FINISHED
-                    and event.job_id not in self.finished
-                ):
-                    now = time.perf_counter()
-                    self.finished[event.job_id] = now
-                    self.states[event.job_id] = event.state
-                    self.last_arrival = now
-                    if len(self.finished) >= self.expected:
-                        self.all_done.set()
-                        return
+                for event in frame_events(frame):
+                    self.events += 1
+                    if (
+                        event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
+                        and event.state in FINISHED
+                        and event.job_id not in self.finished
+                    ):
+                        now = time.perf_counter()
+                        self.finished[event.job_id] = now
+                        self.states[event.job_id] = event.state
+                        self.last_arrival = now
+                        if len(self.finished) >= self.expected:
+                            self.all_done.set()
+                            return
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 raise

@@ -21,6 +21,7 @@ from bench._gaffer import FINISHED, spec_of
 from bench._load import CpuWindow, add_watch, channel, watch_args, watched
 from bench._procs import Procs, emit
 from bench._stats import percentile, summary
+from gaffer.client._base import frame_events
 from gaffer.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 NAME = "dispatch"
@@ -72,21 +73,20 @@ class _Follower:
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
-        call = self._stub.StreamJobEvents(job_service_pb2.StreamJobEventsRequest(after_sequence=0))
+        request = job_service_pb2.StreamJobEventsRequest(after_sequence=0, batch=True)
+        call = self._stub.StreamJobEvents(request)
         try:
             async for frame in call:
-                if not frame.HasField("event"):
-                    continue
                 now = time.perf_counter()
-                event = frame.event
-                if event.type != job_pb2.JOB_EVENT_TYPE_STATE_CHANGED:
-                    continue
-                state = job_pb2.JOB_STATE_COMPLETED if event.state in FINISHED else event.state
-                states = self.seen.setdefault(event.job_id, {})
-                states.setdefault(state, now)
-                waiter = self._waiters.pop((event.job_id, state), None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(now)
+                for event in frame_events(frame):
+                    if event.type != job_pb2.JOB_EVENT_TYPE_STATE_CHANGED:
+                        continue
+                    state = job_pb2.JOB_STATE_COMPLETED if event.state in FINISHED else event.state
+                    states = self.seen.setdefault(event.job_id, {})
+                    states.setdefault(state, now)
+                    waiter = self._waiters.pop((event.job_id, state), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(now)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 raise

@@ -24,6 +24,7 @@ from bench._gaffer import FINISHED, function_spec, submit_many
 from bench._load import CpuWindow, add_watch, channel, watch_args, watched
 from bench._procs import BenchError, Procs, RssSampler, emit
 from bench._stats import percentile, summary
+from gaffer.client._base import frame_events
 from gaffer.v1 import job_service_pb2, job_service_pb2_grpc
 
 NAME = "fanout"
@@ -140,23 +141,21 @@ async def _follow(
     stub: job_service_pb2_grpc.JobServiceStub, stream: _Stream, jobs: int, delays: array.array
 ) -> None:
     request = job_service_pb2.StreamJobEventsRequest(
-        after_sequence=0, keepalive_interval=duration_pb2.Duration(seconds=1)
+        after_sequence=0, keepalive_interval=duration_pb2.Duration(seconds=1), batch=True
     )
     call = stub.StreamJobEvents(request)
     try:
         async for frame in call:
             stream.ready.set()
-            if not frame.HasField("event"):
-                continue
             now = time.time()
-            event = frame.event
-            stream.seqs.append(event.sequence)
-            delays.append((now - event.time.ToNanoseconds() / 1e9) * 1000)
-            if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
-                stream.finished += 1
-                if stream.finished >= jobs:
-                    stream.done.set()
-                    return
+            for event in frame_events(frame):
+                stream.seqs.append(event.sequence)
+                delays.append((now - event.time.ToNanoseconds() / 1e9) * 1000)
+                if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+                    stream.finished += 1
+                    if stream.finished >= jobs:
+                        stream.done.set()
+                        return
     except grpc.aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.CANCELLED:
             print(f"follower stream failed: {error.code()} {error.details()}", flush=True)
@@ -165,8 +164,10 @@ async def _follow(
 
 
 async def _history(stub: job_service_pb2_grpc.JobServiceStub) -> list[int]:
-    request = job_service_pb2.StreamJobEventsRequest(after_sequence=0, history_only=True)
-    return [f.event.sequence async for f in stub.StreamJobEvents(request) if f.HasField("event")]
+    request = job_service_pb2.StreamJobEventsRequest(
+        after_sequence=0, history_only=True, batch=True
+    )
+    return [e.sequence async for f in stub.StreamJobEvents(request) for e in frame_events(f)]
 
 
 async def _followers(args: argparse.Namespace) -> dict[str, Any]:

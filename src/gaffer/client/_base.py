@@ -205,6 +205,7 @@ class ClientBase:
             after_sequence=after_sequence,
             from_now=from_now,
             history_only=not follow,
+            batch=True,
         )
         if keepalive_interval is not None:
             request.keepalive_interval.CopyFrom(duration_to_proto(keepalive_interval))
@@ -234,6 +235,16 @@ class ClientBase:
         if keepalive_interval is not None:
             request.keepalive_interval.CopyFrom(duration_to_proto(keepalive_interval))
         return request
+
+
+def frame_events(frame: job_service_pb2.StreamJobEventsResponse) -> Sequence[job_pb2.JobEvent]:
+    """The events a StreamJobEvents frame carries (none in a keepalive)."""
+    kind = frame.WhichOneof("frame")
+    if kind == "event":
+        return (frame.event,)
+    if kind == "batch":
+        return frame.batch.events
+    return ()
 
 
 def new_request_id() -> str:

@@ -19,6 +19,7 @@ from gaffer.client._base import (
     ClientBase,
     EventCursor,
     LogCursor,
+    frame_events,
     read_request,
     retryable,
 )
@@ -493,12 +494,13 @@ class Client(ClientBase):
             call = self._jobs.StreamJobEvents(cursor.request())
             try:
                 async for frame in call:
-                    if frame.WhichOneof("frame") != "event":
+                    if frame.WhichOneof("frame") == "keepalive":
                         cursor.reached(frame.keepalive)
                         continue
                     delays = self._call_retry.delays()
-                    if cursor.accept(frame.event):
-                        yield event_from_proto(frame.event)
+                    for event in frame_events(frame):
+                        if cursor.accept(event):
+                            yield event_from_proto(event)
                 return
             except grpc.RpcError as error:
                 delay = next(delays, None) if retryable(error) else None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gaffer.core._context import Caller, CoreSettings
+from gaffer.core._event_tail import EventTail
 from gaffer.core._transitions import apply_state, change_state, record_event, timestamp
 from gaffer.domain import (
     FailedPrecondition,
@@ -82,6 +84,11 @@ class _Keepalive:
         return False
 
 
+def _ends(event: job_pb2.JobEvent) -> bool:
+    """Whether the event is a job's final state change."""
+    return event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED and is_finished(event.state)
+
+
 def job_not_found(job_id: str) -> NotFound:
     return NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
 
@@ -96,9 +103,13 @@ class Jobs:
         self._notifier = notifier
         self._blobs = blobs
         self._settings = settings
+        self._tail = EventTail(store, notifier, recheck=settings.recheck_interval)
 
     def _now(self) -> float:
         return self._settings.clock()
+
+    async def close(self) -> None:
+        await self._tail.close()
 
     def _present(self, stored: StoredJob) -> job_pb2.Job:
         """The job as callers see it, with timings filled in."""
@@ -242,10 +253,12 @@ class Jobs:
         from_now: bool,
         keepalive: float,
         history_only: bool = False,
-    ) -> AsyncIterator[job_pb2.JobEvent | int]:
-        """History then live events; an int is a keepalive: the sequence the stream reached.
+    ) -> AsyncIterator[list[job_pb2.JobEvent] | int]:
+        """History then live events, in batches; an int is a keepalive: the sequence the
+        stream reached.
 
-        Following one job, the stream ends after the job's final event.
+        Following one job, the stream ends after the job's final event. Following every job
+        (no filter), live events come from the shared EventTail instead of the store.
         """
         if after_sequence < 0:
             raise InvalidArgument.single("after_sequence", "must not be negative")
@@ -253,10 +266,13 @@ class Jobs:
             raise InvalidArgument.single(
                 "from_now", "cannot be combined with after_sequence; pick one start"
             )
+        shared = not job_id and not history_only and (query is None or query == JobQuery())
         topic = job_topic(job_id) if job_id else EVENTS_TOPIC
         with self._notifier.subscribe(topic) as sub:
             if job_id:
                 await self._get(caller, job_id)
+            if shared:
+                await self._tail.ready()
             last = await self._store.last_event_seq()
             if from_now:
                 after_sequence = last
@@ -269,6 +285,19 @@ class Jobs:
                 )
             idle = _Keepalive(keepalive, self._settings.recheck_interval)
             while True:
+                if shared and self._tail.covers(after_sequence):
+                    change = self._tail.change()
+                    live = self._tail.since(caller.tenant, after_sequence, _EVENT_BATCH)
+                    if live:
+                        after_sequence = live[-1].sequence
+                        idle.sent()
+                        yield live
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(change.wait(), idle.wait_for())
+                    if idle.due():
+                        yield after_sequence
+                    continue
                 sub.clear()
                 finished_before_read = False
                 if job_id:
@@ -281,17 +310,14 @@ class Jobs:
                     job_id=job_id,
                     query=query,
                 )
-                for event in batch:
-                    after_sequence = event.sequence
-                    idle.sent()
-                    yield event
-                    if (
-                        job_id
-                        and event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
-                        and is_finished(event.state)
-                    ):
-                        return
                 if batch:
+                    final = next((i for i, e in enumerate(batch) if job_id and _ends(e)), None)
+                    if final is not None:
+                        yield batch[: final + 1]
+                        return
+                    after_sequence = batch[-1].sequence
+                    idle.sent()
+                    yield batch
                     continue
                 if finished_before_read or history_only:
                     return  # all stored events were sent (or the cursor was past the final one)

@@ -63,6 +63,7 @@ class RunningServer:
     notifier: Notifier
     health: health.aio.HealthServicer
     grace: float
+    jobs: Jobs | None = None
     metrics: Metrics = field(default_factory=Metrics)
     metrics_address: str = ""
     _metrics_server: asyncio.Server | None = None
@@ -76,6 +77,8 @@ class RunningServer:
         self._stop.set()
         await self.health.enter_graceful_shutdown()
         self.notifier.close()
+        if self.jobs is not None:
+            await self.jobs.close()
         await self.server.stop(self.grace)
         if self._metrics_server is not None:
             self._metrics_server.close()
@@ -216,6 +219,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         notifier=notifier,
         health=health_servicer,
         grace=config.shutdown_grace,
+        jobs=jobs,
         metrics=metrics,
         metrics_address=metrics_address,
         _metrics_server=metrics_server,

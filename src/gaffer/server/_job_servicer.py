@@ -86,7 +86,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         keepalive = keepalive_seconds(
             request.keepalive_interval, self._keepalive_default, "keepalive_interval"
         )
-        async for event in self._jobs.events(
+        async for item in self._jobs.events(
             self._caller(context),
             job_id=request.job_id or None,
             query=query,
@@ -95,11 +95,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             keepalive=keepalive,
             history_only=request.history_only,
         ):
-            if isinstance(event, int):
-                frame = job_pb2.Keepalive(time=now_timestamp(), sequence=event)
+            if isinstance(item, int):
+                frame = job_pb2.Keepalive(time=now_timestamp(), sequence=item)
                 yield pb.StreamJobEventsResponse(keepalive=frame)
+            elif request.batch and len(item) > 1:
+                yield pb.StreamJobEventsResponse(batch=pb.JobEventBatch(events=item))
             else:
-                yield pb.StreamJobEventsResponse(event=event)
+                for event in item:
+                    yield pb.StreamJobEventsResponse(event=event)
 
     async def StreamLogs(
         self, request: pb.StreamLogsRequest, context: Ctx

@@ -202,6 +202,12 @@ class Store(abc.ABC):
         """Events after a sequence number, oldest first."""
 
     @abc.abstractmethod
+    async def tail_events(
+        self, *, after_seq: int, limit: int
+    ) -> list[tuple[str, job_pb2.JobEvent]]:
+        """Events of every tenant after a sequence number, oldest first, with their tenant."""
+
+    @abc.abstractmethod
     async def last_event_seq(self) -> int: ...
 
     @abc.abstractmethod

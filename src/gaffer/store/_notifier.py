@@ -73,6 +73,10 @@ class Notifier:
             for sub in subs:
                 sub.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("the server is shutting down; resume from your cursor")

@@ -51,6 +51,7 @@ from gaffer.store._postgres_schema import MIGRATIONS
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
 from gaffer.store._rows import body_without_spec as _body_without_spec
+from gaffer.store._rows import event_from_row
 from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.v1 import job_pb2
 
@@ -577,12 +578,18 @@ class PostgresStore(Store):
                 + f" ORDER BY e.seq LIMIT {arg(limit)}",
                 *arg.values,
             )
-        events = []
-        for seq, body in rows:
-            event = job_pb2.JobEvent.FromString(body)
-            event.sequence = seq
-            events.append(event)
-        return events
+        return [event_from_row(seq, body) for seq, body in rows]
+
+    async def tail_events(
+        self, *, after_seq: int, limit: int
+    ) -> list[tuple[str, job_pb2.JobEvent]]:
+        rows = await self._read(
+            "fetch",
+            "SELECT seq, tenant, body FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after_seq,
+            limit,
+        )
+        return [(tenant, event_from_row(seq, body)) for seq, tenant, body in rows]
 
     async def last_event_seq(self) -> int:
         return int(await self._read("fetchval", "SELECT COALESCE(MAX(seq), 0) FROM events"))

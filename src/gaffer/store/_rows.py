@@ -36,6 +36,13 @@ def body_without_spec(job: job_pb2.Job) -> bytes:
     return copy.SerializeToString()
 
 
+def event_from_row(seq: int, body: bytes) -> job_pb2.JobEvent:
+    """An event as stored; its sequence number is the row's, not written in the body."""
+    event = job_pb2.JobEvent.FromString(body)
+    event.sequence = seq
+    return event
+
+
 def agent_from_row(row: Sequence[Any]) -> StoredAgent:
     last_heartbeat, body = row
     return StoredAgent(

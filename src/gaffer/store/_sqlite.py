@@ -39,6 +39,7 @@ from gaffer.store._notifier import Notifier
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
 from gaffer.store._rows import body_without_spec as _body_without_spec
+from gaffer.store._rows import event_from_row
 from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.store._sqlite_schema import MIGRATIONS
 from gaffer.v1 import job_pb2
@@ -484,12 +485,17 @@ class SqliteStore(Store):
                     " ORDER BY seq LIMIT ?",
                     (tenant, after_seq, limit),
                 )
-        events = []
-        for seq, body in rows:
-            event = job_pb2.JobEvent.FromString(body)
-            event.sequence = seq
-            events.append(event)
-        return events
+        return [event_from_row(seq, body) for seq, body in rows]
+
+    async def tail_events(
+        self, *, after_seq: int, limit: int
+    ) -> list[tuple[str, job_pb2.JobEvent]]:
+        rows = _fetchall(
+            self._r,
+            "SELECT seq, tenant, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [(tenant, event_from_row(seq, body)) for seq, tenant, body in rows]
 
     async def last_event_seq(self) -> int:
         rows = _fetchall(self._r, "SELECT IFNULL(MAX(seq), 0) FROM events")

@@ -132,28 +132,38 @@ class WaitJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class StreamJobEventsRequest(_message.Message):
-    __slots__ = ("job_id", "filter", "after_sequence", "from_now", "keepalive_interval", "history_only")
+    __slots__ = ("job_id", "filter", "after_sequence", "from_now", "keepalive_interval", "history_only", "batch")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     FROM_NOW_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     filter: JobFilter
     after_sequence: int
     from_now: bool
     keepalive_interval: _duration_pb2.Duration
     history_only: bool
-    def __init__(self, job_id: _Optional[str] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., from_now: _Optional[bool] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., history_only: _Optional[bool] = ...) -> None: ...
+    batch: bool
+    def __init__(self, job_id: _Optional[str] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., from_now: _Optional[bool] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., history_only: _Optional[bool] = ..., batch: _Optional[bool] = ...) -> None: ...
 
 class StreamJobEventsResponse(_message.Message):
-    __slots__ = ("event", "keepalive")
+    __slots__ = ("event", "keepalive", "batch")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     event: _job_pb2.JobEvent
     keepalive: _job_pb2.Keepalive
-    def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ..., keepalive: _Optional[_Union[_job_pb2.Keepalive, _Mapping]] = ...) -> None: ...
+    batch: JobEventBatch
+    def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ..., keepalive: _Optional[_Union[_job_pb2.Keepalive, _Mapping]] = ..., batch: _Optional[_Union[JobEventBatch, _Mapping]] = ...) -> None: ...
+
+class JobEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[_job_pb2.JobEvent, _Mapping]]] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
     __slots__ = ("job_id", "follow", "attempt", "stdout_offset", "stderr_offset", "tail_lines", "streams", "keepalive_interval", "resume_attempt")

@@ -1,0 +1,126 @@
+"""The recent events of every job, read from the store once and shared by all followers.
+
+A thousand clients following every job would otherwise each read each new event from the
+store. One task reads what was committed after the last event it holds (woken by the
+notifier, and every ``recheck`` seconds in case a wake-up between replicas was lost) and
+keeps the newest ``capacity`` events in memory; followers whose cursor it covers take their
+events from here and wait on it. It holds every event after ``floor`` with no gap, because
+it reads in sequence order after what it has, as followers reading the store do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections import deque
+
+from gaffer.domain import StoreUnavailable
+from gaffer.store import EVENTS_TOPIC, Notifier, Store
+from gaffer.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+_READ_BATCH = 1000
+
+
+class EventTail:
+    def __init__(
+        self, store: Store, notifier: Notifier, *, recheck: float, capacity: int = 20_000
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._recheck = recheck
+        self._capacity = capacity
+        self._seqs: deque[int] = deque()
+        self._events: deque[tuple[str, job_pb2.JobEvent]] = deque()
+        #: Every event with a sequence above this is held (or not yet read).
+        self.floor = 0
+        self._appended = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._closed = False
+
+    async def ready(self) -> None:
+        """Starts the reader on first use and waits until it knows where it begins."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(), name="gaffer-event-tail")
+        await asyncio.shield(self._started)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake_followers()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def last(self) -> int:
+        return self._seqs[-1] if self._seqs else self.floor
+
+    def covers(self, after_seq: int) -> bool:
+        return after_seq >= self.floor
+
+    def since(self, tenant: str, after_seq: int, limit: int) -> list[job_pb2.JobEvent]:
+        """The tenant's held events after ``after_seq`` (which ``covers``), oldest first."""
+        start = bisect.bisect_right(self._seqs, after_seq)
+        found: list[job_pb2.JobEvent] = []
+        for i in range(start, len(self._events)):
+            owner, event = self._events[i]
+            if owner == tenant:
+                found.append(event)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def change(self) -> asyncio.Event:
+        """Set when events are appended (take it before looking, then wait on it)."""
+        if self._closed:
+            raise StoreUnavailable("the server is shutting down; resume from your cursor")
+        return self._appended
+
+    def _wake_followers(self) -> None:
+        appended, self._appended = self._appended, asyncio.Event()
+        appended.set()
+
+    async def _run(self) -> None:
+        assert self._started is not None
+        with self._notifier.subscribe(EVENTS_TOPIC) as sub:
+            while True:
+                try:
+                    if not self._started.done():
+                        self.floor = await self._store.last_event_seq()
+                        self._started.set_result(None)
+                    sub.clear()
+                    await self._read_new()
+                    await sub.wait(self._recheck)
+                except StoreUnavailable as exc:
+                    if self._notifier.closed:
+                        self._closed = True
+                        self._wake_followers()
+                        if not self._started.done():
+                            self._started.set_exception(exc)
+                        return
+                    log.warning("event tail cannot read the store (retrying): %s", exc)
+                    await asyncio.sleep(self._recheck)
+                except Exception:
+                    log.exception("event tail failed; retrying")
+                    await asyncio.sleep(self._recheck)
+
+    async def _read_new(self) -> None:
+        while True:
+            rows = await self._store.tail_events(after_seq=self.last, limit=_READ_BATCH)
+            if not rows:
+                return
+            for tenant, event in rows:
+                self._seqs.append(event.sequence)
+                self._events.append((tenant, event))
+            while len(self._seqs) > self._capacity:
+                self.floor = self._seqs.popleft()
+                self._events.popleft()
+            self._wake_followers()
+            if len(rows) < _READ_BATCH:
+                return
