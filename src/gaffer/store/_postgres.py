@@ -508,14 +508,6 @@ class PostgresStore(Store):
                     await conn.execute("SET LOCAL synchronous_commit = off")
             try:
                 yield tx
-                if self._notify and tx.topics.names:
-                    # Inside the transaction: PostgreSQL delivers them only if it commits.
-                    with _mapped("notify"):
-                        await conn.execute(
-                            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                            self._channel,
-                            encode_payloads(self._instance, tx.topics.names),
-                        )
                 with _mapped("commit"):
                     await pg_tx.commit()
             except BaseException:
@@ -523,10 +515,21 @@ class PostgresStore(Store):
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await pg_tx.rollback()
                 raise
+            self._notifier.publish(tx.topics.names)
+            if self._notify and tx.topics.names:
+                # After the commit, on its own: a transaction that wrote events holds the
+                # sequence row until it commits, and this round trip need not be inside that.
+                # A notification is only a hint (readers re-check on their own), so one lost
+                # to a failure here costs a delay, never an event.
+                with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
+                    await conn.execute(
+                        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                        self._channel,
+                        encode_payloads(self._instance, tx.topics.names),
+                    )
         finally:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await pool.release(conn)
-        self._notifier.publish(tx.topics.names)
 
     async def get_job(self, job_id: str) -> StoredJob | None:
         row = await self._read("fetchrow", f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
