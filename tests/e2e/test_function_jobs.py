@@ -182,3 +182,15 @@ def test_cli_submits_a_function_and_prints_its_result(served: tuple[ServerProc, 
     argv = ["--server", server, "submit", "--wait", "--function", "user.missing"]
     failed = subprocess.run(gaffer_command(*argv), capture_output=True, text=True, timeout=30)
     assert failed.returncode == EXIT_FAILED
+
+
+def test_a_quick_call_reports_running_with_its_outcome_and_a_slow_one_while_it_runs(
+    client: SyncClient,
+) -> None:
+    quick = client.submit_function("gaffer.noop").wait(timeout=10)
+    running, finished = quick.history[-2], quick.history[-1]
+    assert (running.state, finished.state) == (JobState.RUNNING, JobState.COMPLETED)
+    assert running.time <= finished.time
+    slow = client.submit_function("gaffer.sleep", 30)
+    wait_until(lambda: slow.get().state == JobState.RUNNING, what="RUNNING while it sleeps")
+    slow.cancel()

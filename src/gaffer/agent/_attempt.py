@@ -14,6 +14,7 @@ import logging
 import re
 import shutil
 import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ FENCED = "fenced"
 _SILENT = {LOST, FENCED}
 #: Most bytes of a function's traceback written to the job's stderr.
 _MAX_TRACEBACK = 64 * 1024
+# A function call still running after this long reports RUNNING; one that ends sooner goes
+# from CLAIMED to its outcome in one report (RUNNING recorded at its start time).
+_RUNNING_REPORT_DELAY = 0.02
 #: Calls given up on (timeout, cancel, stop) that have not ended yet: the loop holds tasks
 #: only weakly.
 _abandoned: set[asyncio.Future[CallOutcome]] = set()
@@ -119,6 +123,8 @@ class Attempt:
         self._process: Process | None = None
         self._shipper: LogShipper | None = None
         self._kills: set[asyncio.Task[None]] = set()
+        self._running_reported = False
+        self._start_time: float | None = None
 
     @property
     def stopping(self) -> bool:
@@ -224,9 +230,20 @@ class Attempt:
                 return
         if await self._stopped_before_start():
             return
-        await self._update(job_pb2.JOB_STATE_RUNNING)
+        # RUNNING is reported once the call has run a moment; a call that ends sooner is
+        # reported with its outcome, in one write (outputs need the RUNNING state to upload).
+        started = time.time()
+        running = None
+        if spec.outputs:
+            await self._update(job_pb2.JOB_STATE_RUNNING)
+        else:
+            running = asyncio.create_task(self._report_running_after(_RUNNING_REPORT_DELAY))
         timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
-        result = await self._call(fn, spec.function.args_json, timeout or None)
+        try:
+            result = await self._call(fn, spec.function.args_json, timeout or None)
+        finally:
+            if running is not None and not await self._settle_running_report(running):
+                self._start_time = started
         if result is None:
             await self._after_interrupted_call(timeout)
             return
@@ -242,6 +259,21 @@ class Attempt:
             await self._complete(
                 job_pb2.JOB_STATE_FAILED, result.error, not_retryable=result.not_retryable
             )
+
+    async def _report_running_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._running_reported = True
+        await self._update(job_pb2.JOB_STATE_RUNNING)
+
+    async def _settle_running_report(self, report: asyncio.Task[None]) -> bool:
+        """Whether RUNNING was reported; a report not yet begun is called off."""
+        if not self._running_reported:
+            report.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await report
+            return False
+        await report  # its failure (a fenced attempt, say) is the attempt's failure
+        return True
 
     async def _call(
         self, fn: Callable[..., Any], args_json: str, timeout: float | None
@@ -398,6 +430,8 @@ class Attempt:
             not_retryable=not_retryable,
             result_json=result_json,
         )
+        if self._start_time is not None:
+            request.start_time.FromNanoseconds(int(self._start_time * 1e9))
         timeout = self._config.rpc_timeout
         response = await call_with_retry(
             lambda: self._stub.CompleteJob(request, timeout=timeout),

@@ -455,8 +455,14 @@ class Agents:
         message: str,
         not_retryable: bool,
         result_json: str = "",
+        *,
+        started: float | None = None,
     ) -> tuple[bool, job_pb2.Job]:
-        """Records the attempt's outcome exactly once; a repeat answers accepted again."""
+        """Records the attempt's outcome exactly once; a repeat answers accepted again.
+
+        ``started`` is when an attempt that never reported RUNNING started: RUNNING is
+        recorded at that time first.
+        """
         limits = self._settings.limits
         if state not in (S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED):
             raise InvalidArgument.single("state", "must be COMPLETED or FAILED")
@@ -487,6 +493,13 @@ class Agents:
             stored = await self._fenced(tx, fence)
             job = stored.job
             actor = await self._agent_actor(tx, job.agent_id)
+            if started is not None and job.state in AGENT_UPDATE_STATES[S.JOB_STATE_RUNNING]:
+                # Between the previous status and now, whatever the agent's clock says.
+                previous = job.history[-1].time.ToNanoseconds() / 1e9 if job.history else 0.0
+                at = max(min(started, now), previous)
+                await change_state(
+                    tx, stored, S.JOB_STATE_RUNNING, now=at, message="running", actor=actor
+                )
             if exit_code is not None:
                 job.exit_code = exit_code
             else:

@@ -132,6 +132,9 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             request.message,
             request.not_retryable,
             request.result_json,
+            started=request.start_time.ToNanoseconds() / 1e9
+            if request.HasField("start_time")
+            else None,
         )
         return pb.CompleteJobResponse(accepted=accepted, job=job)
 

@@ -242,7 +242,7 @@ class UploadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ...) -> None: ...
 
 class CompleteJobRequest(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "state", "exit_code", "message", "not_retryable", "result_json")
+    __slots__ = ("job_id", "attempt", "lease_token", "state", "exit_code", "message", "not_retryable", "result_json", "start_time")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,7 @@ class CompleteJobRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NOT_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
@@ -259,7 +260,8 @@ class CompleteJobRequest(_message.Message):
     message: str
     not_retryable: bool
     result_json: str
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ..., result_json: _Optional[str] = ...) -> None: ...
+    start_time: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ..., result_json: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompleteJobResponse(_message.Message):
     __slots__ = ("accepted", "job")
