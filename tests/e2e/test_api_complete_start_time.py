@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import grpc
+import pytest
+
 from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
@@ -64,3 +67,16 @@ def test_a_start_time_after_running_was_reported_changes_nothing(api: Api) -> No
     agent.start(a)
     job = complete_with_start(agent, a, time.time())
     assert states(job).count(S.JOB_STATE_RUNNING) == 1
+
+
+def test_an_invalid_start_time_is_refused_and_changes_nothing(api: Api) -> None:
+    agent = HandAgent.register(api, "invalid", ["default"], 1)
+    api.submit(["true"])
+    a = agent.claim_one()
+    request = apb.CompleteJobRequest(**agent.fence(a), state=S.JOB_STATE_COMPLETED)
+    request.start_time.seconds = 10**12  # past year 9999
+    with pytest.raises(grpc.RpcError) as raised:
+        agent.api.agents.CompleteJob(request, timeout=CALL_TIMEOUT)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start_time" in (raised.value.details() or "")
+    assert api.get(a.job.id).state == S.JOB_STATE_CLAIMED

@@ -2,6 +2,7 @@
 
 from gaffer.core._agents import Agents, Fence, HeartbeatResult
 from gaffer.core._context import Caller, CoreSettings
+from gaffer.core._event_tail import TailSlice
 from gaffer.core._jobs import Jobs, LogRequest
 from gaffer.core._sweeper import run_sweeper
 
@@ -13,5 +14,6 @@ __all__ = [
     "HeartbeatResult",
     "Jobs",
     "LogRequest",
+    "TailSlice",
     "run_sweeper",
 ]

@@ -15,14 +15,51 @@ import bisect
 import contextlib
 import logging
 from collections import deque
+from dataclasses import dataclass
 
 from gaffer.domain import StoreUnavailable
 from gaffer.store import EVENTS_TOPIC, Notifier, Store
-from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
 
 _READ_BATCH = 1000
+# Wire tags (field number << 3 | length-delimited): StreamJobEventsResponse.event and
+# JobEventBatch.events are both field 1, StreamJobEventsResponse.batch is field 3.
+_EVENT_TAG = b"\x0a"
+_BATCH_TAG = b"\x1a"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    return tag + _varint(len(payload)) + payload
+
+
+@dataclass
+class TailSlice:
+    """Events for one follower, already in wire form (encoded once, shared by followers).
+
+    ``frames`` are StreamJobEventsResponse messages of one event each; ``batch_frame`` is
+    one StreamJobEventsResponse carrying them all (the same bytes are a JobEventBatch's
+    ``events`` entries, so it is their concatenation under one more tag).
+    """
+
+    frames: list[bytes]
+    last: int
+    _batch: bytes | None = None
+
+    @property
+    def batch_frame(self) -> bytes:
+        if self._batch is None:
+            self._batch = _field(_BATCH_TAG, b"".join(self.frames))
+        return self._batch
 
 
 class EventTail:
@@ -34,7 +71,9 @@ class EventTail:
         self._recheck = recheck
         self._capacity = capacity
         self._seqs: deque[int] = deque()
-        self._events: deque[tuple[str, job_pb2.JobEvent]] = deque()
+        self._events: deque[tuple[str, bytes]] = deque()
+        # Followers of a tenant at the same cursor get the same slice (reset on append).
+        self._slices: dict[tuple[str, int], TailSlice] = {}
         #: Every event with a sequence above this is held (or not yet read).
         self.floor = 0
         self._appended = asyncio.Event()
@@ -64,16 +103,25 @@ class EventTail:
     def covers(self, after_seq: int) -> bool:
         return after_seq >= self.floor
 
-    def since(self, tenant: str, after_seq: int, limit: int) -> list[job_pb2.JobEvent]:
+    def since(self, tenant: str, after_seq: int, limit: int) -> TailSlice | None:
         """The tenant's held events after ``after_seq`` (which ``covers``), oldest first."""
+        key = (tenant, after_seq)
+        found = self._slices.get(key)
+        if found is not None:
+            return found
         start = bisect.bisect_right(self._seqs, after_seq)
-        found: list[job_pb2.JobEvent] = []
+        frames: list[bytes] = []
+        last = after_seq
         for i in range(start, len(self._events)):
-            owner, event = self._events[i]
+            owner, frame = self._events[i]
             if owner == tenant:
-                found.append(event)
-                if len(found) >= limit:
+                frames.append(frame)
+                last = self._seqs[i]
+                if len(frames) >= limit:
                     break
+        if not frames:
+            return None
+        found = self._slices[key] = TailSlice(frames, last)
         return found
 
     def change(self) -> asyncio.Event:
@@ -117,7 +165,8 @@ class EventTail:
                 return
             for tenant, event in rows:
                 self._seqs.append(event.sequence)
-                self._events.append((tenant, event))
+                self._events.append((tenant, _field(_EVENT_TAG, event.SerializeToString())))
+            self._slices.clear()
             while len(self._seqs) > self._capacity:
                 self.floor = self._seqs.popleft()
                 self._events.popleft()

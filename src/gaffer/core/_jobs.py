@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gaffer.core._context import Caller, CoreSettings
-from gaffer.core._event_tail import EventTail
+from gaffer.core._event_tail import EventTail, TailSlice
 from gaffer.core._transitions import apply_state, change_state, record_event, timestamp
 from gaffer.domain import (
     FailedPrecondition,
@@ -253,12 +253,13 @@ class Jobs:
         from_now: bool,
         keepalive: float,
         history_only: bool = False,
-    ) -> AsyncIterator[list[job_pb2.JobEvent] | int]:
+    ) -> AsyncIterator[list[job_pb2.JobEvent] | TailSlice | int]:
         """History then live events, in batches; an int is a keepalive: the sequence the
         stream reached.
 
         Following one job, the stream ends after the job's final event. Following every job
-        (no filter), live events come from the shared EventTail instead of the store.
+        (no filter), live events come from the shared EventTail instead of the store, already
+        encoded (a TailSlice).
         """
         if after_sequence < 0:
             raise InvalidArgument.single("after_sequence", "must not be negative")
@@ -288,8 +289,8 @@ class Jobs:
                 if shared and self._tail.covers(after_sequence):
                     change = self._tail.change()
                     live = self._tail.since(caller.tenant, after_sequence, _EVENT_BATCH)
-                    if live:
-                        after_sequence = live[-1].sequence
+                    if live is not None:
+                        after_sequence = live.last
                         idle.sent()
                         yield live
                         continue

@@ -11,7 +11,7 @@ from gaffer.domain import (
     check_page_size,
     require_id,
 )
-from gaffer.server._convert import wait_seconds
+from gaffer.server._convert import timestamp_seconds, wait_seconds
 from gaffer.server._handlers import Ctx, call_budget
 from gaffer.store import StoredJob
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
@@ -132,7 +132,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             request.message,
             request.not_retryable,
             request.result_json,
-            started=request.start_time.ToNanoseconds() / 1e9
+            started=timestamp_seconds(request.start_time, "start_time")
             if request.HasField("start_time")
             else None,
         )

@@ -61,6 +61,18 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serializer, except that a response already in wire form (bytes, as the
+    shared event tail hands out) is sent as it is."""
+    if serialize is None:
+        return None
+
+    def serialize_or_pass(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serialize_or_pass
+
+
 def _decoded(request: Any, streaming_in: bool) -> Any:
     """The request a method may use; raises the error of an undecodable one."""
     if streaming_in:
@@ -99,7 +111,10 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: Any) -> Any:
-        changes: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
+        changes: dict[str, Any] = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": _passing_bytes(handler.response_serializer),
+        }
         if handler.unary_unary is not None:
             changes["unary_unary"] = self._unary(handler.unary_unary, streaming_in=False)
         elif handler.stream_unary is not None:

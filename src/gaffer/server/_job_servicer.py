@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from gaffer.core import Caller, Jobs, LogRequest
+from gaffer.core import Caller, Jobs, LogRequest, TailSlice
 from gaffer.domain import (
     InvalidArgument,
     Limits,
@@ -98,6 +98,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             if isinstance(item, int):
                 frame = job_pb2.Keepalive(time=now_timestamp(), sequence=item)
                 yield pb.StreamJobEventsResponse(keepalive=frame)
+            elif isinstance(item, TailSlice):  # encoded once for every follower
+                if request.batch and len(item.frames) > 1:
+                    yield item.batch_frame  # type: ignore[misc]
+                else:
+                    for encoded in item.frames:
+                        yield encoded  # type: ignore[misc]
             elif request.batch and len(item) > 1:
                 yield pb.StreamJobEventsResponse(batch=pb.JobEventBatch(events=item))
             else:
