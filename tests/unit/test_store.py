@@ -156,6 +156,30 @@ async def test_events_are_sequenced_and_filtered(store: Store) -> None:
     assert await store.read_events("t2", after_seq=0, limit=10) == []
 
 
+async def test_events_appended_together_keep_their_order_and_tenants(store: Store) -> None:
+    async with store.transaction() as tx:
+        first = await tx.append_event("t1", job_pb2.JobEvent(job_id="j0", message="alone"))
+        seqs = await tx.append_events(
+            [
+                ("t1", job_pb2.JobEvent(job_id="j1", message="one")),
+                ("t2", job_pb2.JobEvent(job_id="j2", message="two")),
+                ("t1", job_pb2.JobEvent(job_id="j3", message="three")),
+            ]
+        )
+        assert await tx.append_events([]) == []
+    assert seqs == [first + 1, first + 2, first + 3]
+    tail = await store.tail_events(after_seq=first, limit=10)
+    assert [(t, e.message, e.sequence) for t, e in tail] == [
+        ("t1", "one", seqs[0]),
+        ("t2", "two", seqs[1]),
+        ("t1", "three", seqs[2]),
+    ]
+    assert [e.message for e in await store.read_events("t1", after_seq=first, limit=10)] == [
+        "one",
+        "three",
+    ]
+
+
 async def test_logs_ignore_resent_bytes_and_refuse_gaps(store: Store) -> None:
     async with store.transaction() as tx:
         first = await tx.append_log("j", 1, OUT, 0, b"hello ")

@@ -8,7 +8,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from gaffer.core._context import CoreSettings
-from gaffer.core._transitions import change_state, record_event, timestamp
+from gaffer.core._transitions import (
+    apply_state,
+    change_state,
+    record_event,
+    record_events,
+    state_event,
+    timestamp,
+)
 from gaffer.domain import (
     ACTIVE_STATES,
     AGENT_UPDATE_STATES,
@@ -201,6 +208,9 @@ class Agents:
                 return []
             want = min(max_jobs, free)
             expires = now + self._settings.lease_ttl
+            actor = self.actor(agent)
+            changed = job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
+            events: list[tuple[StoredJob, job_pb2.JobEvent]] = []
             candidates = self._candidates(tx, list(agent.queues), now, want)
             async for stored in candidates:
                 job = stored.job
@@ -215,14 +225,11 @@ class Agents:
                 stored.lease_token = new_lease_token()
                 stored.lease_expires = expires
                 stored.not_before = 0.0
-                await change_state(
-                    tx,
-                    stored,
-                    S.JOB_STATE_CLAIMED,
-                    now=now,
-                    message=f"attempt {job.attempt} claimed by {agent.name}",
-                    actor=self.actor(agent),
-                )
+                message = f"attempt {job.attempt} claimed by {agent.name}"
+                apply_state(stored, S.JOB_STATE_CLAIMED, now=now, message=message, actor=actor)
+                await tx.update_job(stored)
+                event = state_event(stored, changed, now=now, message=message, actor=actor)
+                events.append((stored, event))
                 claimed.append((stored, expires))
                 if len(claimed) >= want:
                     await candidates.aclose()
@@ -231,6 +238,9 @@ class Agents:
                 stored_agent.last_heartbeat = now
                 agent.last_heartbeat_time.CopyFrom(timestamp(now))
                 await tx.put_agent(stored_agent)
+                # Last and in one statement: on PostgreSQL the events take the sequence row,
+                # held until the commit.
+                await record_events(tx, events)
         return claimed
 
     async def _candidates(

@@ -26,6 +26,35 @@ async def record_event(
     exit_code: int | None = None,
 ) -> job_pb2.JobEvent:
     """Appends an event about the job as it is now, and marks its topics for publishing."""
+    event = state_event(
+        stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
+    )
+    event.sequence = await tx.append_event(stored.tenant, event)
+    tx.topics.add(job_topic(stored.job.id))
+    tx.topics.add(EVENTS_TOPIC)
+    return event
+
+
+async def record_events(tx: Transaction, events: list[tuple[StoredJob, job_pb2.JobEvent]]) -> None:
+    """Appends several events in one go (each job's event built by ``state_event``)."""
+    seqs = await tx.append_events([(stored.tenant, event) for stored, event in events])
+    for (stored, event), seq in zip(events, seqs, strict=True):
+        event.sequence = seq
+        tx.topics.add(job_topic(stored.job.id))
+    if events:
+        tx.topics.add(EVENTS_TOPIC)
+
+
+def state_event(
+    stored: StoredJob,
+    event_type: int,
+    *,
+    now: float,
+    message: str,
+    actor: str,
+    exit_code: int | None = None,
+) -> job_pb2.JobEvent:
+    """An event about the job as it is now (not stored yet)."""
     job = stored.job
     event = job_pb2.JobEvent(
         job_id=job.id,
@@ -39,9 +68,6 @@ async def record_event(
     )
     if exit_code is not None:
         event.exit_code = exit_code
-    event.sequence = await tx.append_event(stored.tenant, event)
-    tx.topics.add(job_topic(job.id))
-    tx.topics.add(EVENTS_TOPIC)
     return event
 
 

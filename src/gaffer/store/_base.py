@@ -112,6 +112,10 @@ class Transaction(abc.ABC):
         """Appends an event and returns its sequence number."""
 
     @abc.abstractmethod
+    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
+        """Appends (tenant, event) pairs in order; returns their sequence numbers."""
+
+    @abc.abstractmethod
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         """PENDING jobs of these queues that may run now, highest priority then oldest first."""
 

@@ -236,6 +236,23 @@ class _PostgresTransaction(Transaction):
         )
         return int(row[0])
 
+    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
+        if not events:
+            return []
+        rows = await self._fetch(
+            "WITH s AS (UPDATE sequences SET events = events + $1 WHERE id = 1"
+            " RETURNING events - $1 AS base)"
+            " INSERT INTO events (seq, job_id, tenant, body)"
+            " SELECT (SELECT base FROM s) + e.n, e.job_id, e.tenant, e.body"
+            " FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY"
+            " AS e(job_id, tenant, body, n) ORDER BY e.n RETURNING seq",
+            len(events),
+            [event.job_id for _, event in events],
+            [tenant for tenant, _ in events],
+            [event.SerializeToString() for _, event in events],
+        )
+        return sorted(int(row[0]) for row in rows)
+
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         rows = await self._fetch(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 1 AND queue = ANY($1::text[])"
@@ -494,38 +511,50 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
+        """One database transaction per body, committed without waiting for the WAL flush.
+
+        A transaction that writes events holds the sequence row until its commit ends; a
+        commit that waited for the disk would hold it through the flush and make every
+        writer queue behind each fsync. So every commit is asynchronous, and a durable
+        caller then runs one write-less statement that takes a transaction id: its commit
+        waits for the flush of the WAL up to its own record, which lies after ours. The
+        caller is answered only after that, and PostgreSQL groups the flushes of
+        concurrent callers.
+        """
         pool = self._live_pool()
         with _mapped("begin"):
             conn = await pool.acquire()
         try:
             tx = _PostgresTransaction(conn)
-            pg_tx = conn.transaction()
             with _mapped("begin"):
-                await pg_tx.start()
-                if not durable:
-                    # The commit does not wait for the WAL flush: an agent's report, which
-                    # leases and retries reconcile if a crash of the database loses it.
-                    await conn.execute("SET LOCAL synchronous_commit = off")
+                await conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
             try:
                 yield tx
                 with _mapped("commit"):
-                    await pg_tx.commit()
+                    await conn.execute("COMMIT")
             except BaseException:
                 # A dead connection has nothing to roll back (and may be detached already).
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await pg_tx.rollback()
+                with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
+                    await conn.execute("ROLLBACK")
                 raise
             self._notifier.publish(tx.topics.names)
-            if self._notify and tx.topics.names:
-                # After the commit, on its own: a transaction that wrote events holds the
-                # sequence row until it commits, and this round trip need not be inside that.
-                # A notification is only a hint (readers re-check on their own), so one lost
-                # to a failure here costs a delay, never an event.
+            topics = tx.topics.names if self._notify else set()
+            # After the commit, outside the sequence row's lock. A notification is only a hint
+            # (readers re-check on their own): one lost to a failure here costs a delay.
+            if durable:
+                with _mapped("commit (waiting for the disk)"):
+                    await conn.execute(
+                        "SELECT pg_current_xact_id(),"
+                        " (SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p)",
+                        self._channel,
+                        encode_payloads(self._instance, topics),
+                    )
+            elif topics:
                 with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
                     await conn.execute(
                         "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
                         self._channel,
-                        encode_payloads(self._instance, tx.topics.names),
+                        encode_payloads(self._instance, topics),
                     )
         finally:
             with contextlib.suppress(*CONNECTION_ERRORS):

@@ -147,6 +147,9 @@ class _SqliteTransaction(Transaction):
         seq = cursor.lastrowid or 0
         return seq
 
+    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
+        return [await self.append_event(tenant, event) for tenant, event in events]
+
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         rows = _fetchall(
             self._conn,
