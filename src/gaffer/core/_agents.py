@@ -75,6 +75,26 @@ def _agent_not_found(agent_id: str) -> NotFound:
     )
 
 
+def _check_fence(stored: StoredJob | None, fence: Fence) -> StoredJob:
+    """``stored`` if ``fence`` names its current attempt; FAILED_PRECONDITION otherwise."""
+    if stored is None:
+        raise NotFound(f"job {fence.job_id!r} not found", reason="JOB_NOT_FOUND")
+    job = stored.job
+    if job.attempt != fence.attempt or stored.lease_token != fence.lease_token:
+        raise FailedPrecondition(
+            f"attempt {fence.attempt} of job {fence.job_id} is not current "
+            f"(current: {job.attempt}); this write is refused",
+            reason="STALE_ATTEMPT",
+        )
+    if job.state not in ACTIVE_STATES:
+        raise FailedPrecondition(
+            f"job {fence.job_id} is {S.Name(job.state)}; attempt {fence.attempt} no longer "
+            "holds it",
+            reason="ATTEMPT_NOT_ACTIVE",
+        )
+    return stored
+
+
 def _fits(job: job_pb2.Job, agent: agent_pb2.Agent, used: job_pb2.Resources) -> bool:
     """Whether the job's node selector and resources fit what the agent has left."""
     for key, value in job.spec.node_selector.items():
@@ -318,23 +338,7 @@ class Agents:
         """The job if ``fence`` names its current attempt; FAILED_PRECONDITION otherwise."""
         if not fence.job_id:
             raise InvalidArgument.single("job_id", "is required")
-        stored = await tx.get_job(fence.job_id)
-        if stored is None:
-            raise NotFound(f"job {fence.job_id!r} not found", reason="JOB_NOT_FOUND")
-        job = stored.job
-        if job.attempt != fence.attempt or stored.lease_token != fence.lease_token:
-            raise FailedPrecondition(
-                f"attempt {fence.attempt} of job {fence.job_id} is not current "
-                f"(current: {job.attempt}); this write is refused",
-                reason="STALE_ATTEMPT",
-            )
-        if job.state not in ACTIVE_STATES:
-            raise FailedPrecondition(
-                f"job {fence.job_id} is {S.Name(job.state)}; attempt {fence.attempt} no longer "
-                "holds it",
-                reason="ATTEMPT_NOT_ACTIVE",
-            )
-        return stored
+        return _check_fence(await tx.get_job(fence.job_id), fence)
 
     async def update_status(
         self, fence: Fence, state: int, message: str, reject: bool
@@ -500,7 +504,7 @@ class Agents:
                 # A repeat: this attempt's outcome (or its failure, with a retry queued) is the
                 # recorded one.
                 return True, stored.job
-            stored = await self._fenced(tx, fence)
+            stored = _check_fence(stored, fence)
             job = stored.job
             actor = await self._agent_actor(tx, job.agent_id)
             if started is not None and job.state in AGENT_UPDATE_STATES[S.JOB_STATE_RUNNING]:

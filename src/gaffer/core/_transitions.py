@@ -87,10 +87,13 @@ async def change_state(
     ``exit_code`` is given when this change records the end of the attempt's process.
     """
     apply_state(stored, state, now=now, message=message, actor=actor, exit_code=exit_code)
-    await tx.update_job(stored)
-    return await record_event(
-        tx, stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
+    event = state_event(
+        stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
     )
+    event.sequence = await tx.write_change(stored, event)
+    tx.topics.add(job_topic(stored.job.id))
+    tx.topics.add(EVENTS_TOPIC)
+    return event
 
 
 def apply_state(

@@ -111,6 +111,12 @@ class Transaction(abc.ABC):
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
         """Appends an event and returns its sequence number."""
 
+    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> int:
+        """Writes back a job read in this transaction and appends the event of its change;
+        returns the event's sequence number (a store may do both in one statement)."""
+        await self.update_job(stored)
+        return await self.append_event(stored.tenant, event)
+
     @abc.abstractmethod
     async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
         """Appends (tenant, event) pairs in order; returns their sequence numbers."""

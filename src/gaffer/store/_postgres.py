@@ -80,6 +80,13 @@ def _mapped(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL store is unavailable ({what}): {exc}") from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Releasing a connection to the pool runs no reset query (a round trip per transaction):
+    our sessions keep no state between transactions (SET LOCAL only, transaction-scoped
+    advisory locks, LISTEN on a connection of its own). asyncpg still rolls back a
+    transaction left open, before this."""
+
+
 class _Args:
     """Collects statement arguments; each call returns the next ``$n`` placeholder."""
 
@@ -115,7 +122,7 @@ def filter_sql(query: JobQuery, alias: str, arg: _Args) -> str:
 
 
 def _next_seq(column: str) -> str:
-    """A CTE that takes the next ``jobs`` or ``events`` number from the counter row.
+    """A CTE named ``s`` (to follow ``WITH``) taking the next ``jobs`` or ``events`` number.
 
     Why a counter row rather than a sequence: a sequence hands out numbers at once but they
     commit in any order (A takes 10, B takes 11 and commits first; a follower that saw 11 and
@@ -131,7 +138,7 @@ def _next_seq(column: str) -> str:
     counters (no lock-order cycle).
     """
     return (
-        f"WITH s AS (UPDATE sequences SET {column} = {column} + 1 WHERE id = 1"
+        f"s AS (UPDATE sequences SET {column} = {column} + 1 WHERE id = 1"
         f" RETURNING {column} AS seq)"
     )
 
@@ -180,7 +187,8 @@ class _PostgresTransaction(Transaction):
         with _mapped("insert a job"):
             try:
                 seq = await self._conn.fetchval(
-                    _next_seq("jobs")
+                    "WITH "
+                    + _next_seq("jobs")
                     + " INSERT INTO jobs (seq, id, tenant, request_id, queue, priority, state,"
                     " labels, created_at, agent_id, lease_token, lease_expires, not_before,"
                     " deadline, spec, body) VALUES ((SELECT seq FROM s), $1, $2, $3, $4, $5, $6,"
@@ -228,10 +236,32 @@ class _PostgresTransaction(Transaction):
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
         row = await self._fetchrow(
-            _next_seq("events") + " INSERT INTO events (seq, job_id, tenant, body)"
+            "WITH " + _next_seq("events") + " INSERT INTO events (seq, job_id, tenant, body)"
             " VALUES ((SELECT seq FROM s), $1, $2, $3) RETURNING seq",
             event.job_id,
             tenant,
+            event.SerializeToString(),
+        )
+        return int(row[0])
+
+    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> int:
+        job = stored.job
+        row = await self._fetchrow(
+            "WITH u AS (UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3,"
+            " lease_expires = $4, not_before = $5, deadline = $6, body = $7 WHERE seq = $8), "
+            + _next_seq("events")
+            + " INSERT INTO events (seq, job_id, tenant, body)"
+            " VALUES ((SELECT seq FROM s), $9, $10, $11) RETURNING seq",
+            job.state,
+            job.agent_id,
+            stored.lease_token,
+            stored.lease_expires,
+            stored.not_before,
+            stored.deadline,
+            _body_without_spec(job),
+            stored.seq,
+            event.job_id,
+            stored.tenant,
             event.SerializeToString(),
         )
         return int(row[0])
@@ -436,6 +466,7 @@ class PostgresStore(Store):
         with _mapped("connect"):
             pool = await asyncpg.create_pool(
                 self._dsn,
+                reset=_keep_session,
                 min_size=1,
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
