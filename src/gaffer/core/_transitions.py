@@ -29,7 +29,7 @@ async def record_event(
     event = state_event(
         stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
     )
-    event.sequence = await tx.append_event(stored.tenant, event)
+    await tx.append_event(stored.tenant, event)
     tx.topics.add(job_topic(stored.job.id))
     tx.topics.add(EVENTS_TOPIC)
     return event
@@ -37,9 +37,8 @@ async def record_event(
 
 async def record_events(tx: Transaction, events: list[tuple[StoredJob, job_pb2.JobEvent]]) -> None:
     """Appends several events in one go (each job's event built by ``state_event``)."""
-    seqs = await tx.append_events([(stored.tenant, event) for stored, event in events])
-    for (stored, event), seq in zip(events, seqs, strict=True):
-        event.sequence = seq
+    await tx.append_events([(stored.tenant, event) for stored, event in events])
+    for stored, _ in events:
         tx.topics.add(job_topic(stored.job.id))
     if events:
         tx.topics.add(EVENTS_TOPIC)
@@ -90,7 +89,7 @@ async def change_state(
     event = state_event(
         stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
     )
-    event.sequence = await tx.write_change(stored, event)
+    await tx.write_change(stored, event)
     tx.topics.add(job_topic(stored.job.id))
     tx.topics.add(EVENTS_TOPIC)
     return event

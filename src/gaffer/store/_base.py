@@ -93,7 +93,8 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def insert_job(self, stored: StoredJob) -> StoredJob:
-        """Stores a new job; returns it with its ``seq``."""
+        """Stores a new job; returns it with a ``seq`` that names it in this transaction (on
+        PostgreSQL a provisional one: jobs, like events, are numbered at commit)."""
 
     @abc.abstractmethod
     async def find_request(self, tenant: str, request_id: str) -> StoredJob | None:
@@ -108,18 +109,19 @@ class Transaction(abc.ABC):
         """Writes back a job read in this transaction."""
 
     @abc.abstractmethod
-    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
-        """Appends an event and returns its sequence number."""
+    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
+        """Appends an event. Its sequence number is known once committed (read it back):
+        PostgreSQL numbers events at commit, so that they commit in number order."""
 
-    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> int:
-        """Writes back a job read in this transaction and appends the event of its change;
-        returns the event's sequence number (a store may do both in one statement)."""
+    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
+        """Writes back a job read in this transaction and appends the event of its change
+        (a store may do both in one statement)."""
         await self.update_job(stored)
-        return await self.append_event(stored.tenant, event)
+        await self.append_event(stored.tenant, event)
 
     @abc.abstractmethod
-    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
-        """Appends (tenant, event) pairs in order; returns their sequence numbers."""
+    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> None:
+        """Appends (tenant, event) pairs, numbered in this order."""
 
     @abc.abstractmethod
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:

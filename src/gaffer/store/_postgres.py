@@ -11,9 +11,19 @@ and never back (so replicas do not deadlock):
 - Lookups by natural key (``find_request``, ``get_agent_by_name``) first take a transaction
   advisory lock on the key, so find-then-insert is race-free across replicas; the unique
   index stays as the backstop.
-- ``seq`` of jobs and events comes from the single row of ``sequences`` (see ``_next_seq``).
-- Topics are sent with ``pg_notify`` inside the transaction (delivered only on commit) and
-  published locally after the commit, as in SQLite.
+- ``seq`` of jobs and events is taken at commit from the single row of ``sequences``, by
+  deferred triggers (schema migration 3); until then a row has a provisional negative number
+  that only its own transaction sees. Why a counter row rather than a sequence: a sequence
+  hands out numbers at once but they commit in any order (A takes 10, B takes 11 and commits
+  first; a follower that saw 11 and resumes after it would miss 10 forever). Updating the one
+  row of ``sequences`` takes its row lock until commit, so the next writer gets its number
+  only after the previous one has committed: numbers commit in order, a reader that sees
+  ``n`` sees everything below it, and a rollback leaves no hole. Numbering at commit keeps
+  that lock for the commit alone, not across the round trips between a transaction's first
+  insert and its COMMIT; commits are asynchronous (see ``transaction``), so it is not held
+  through a WAL flush either. Jobs and events share the row: a transaction never waits for
+  two counters.
+- Topics are sent with ``pg_notify`` after the commit and published locally, as in SQLite.
 
 Artifacts: bytes stay on disk under ``blob_dir`` (a directory every replica mounts), because
 the core streams them from a path (``BlobStore.path_of``) and artifacts may be far larger than
@@ -121,28 +131,6 @@ def filter_sql(query: JobQuery, alias: str, arg: _Args) -> str:
     return " AND ".join(parts)
 
 
-def _next_seq(column: str) -> str:
-    """A CTE named ``s`` (to follow ``WITH``) taking the next ``jobs`` or ``events`` number.
-
-    Why a counter row rather than a sequence: a sequence hands out numbers at once but they
-    commit in any order (A takes 10, B takes 11 and commits first; a follower that saw 11 and
-    resumes after it would miss 10 forever). Updating the one row of ``sequences`` takes its
-    row lock until commit, so the next writer gets its number only after the previous one has
-    committed (and become visible): numbers commit in order, and a reader that sees ``n`` sees
-    everything below it. There are no holes either: a rollback gives its numbers back.
-
-    Cost: transactions that insert jobs or events are serialised from their first insert to
-    their commit (the core does its reads and row locks first, so that window is short, but
-    it includes the commit's WAL flush). Other writes (logs, heartbeats, agents) run in
-    parallel. Jobs and events share the row so that one transaction never waits for two
-    counters (no lock-order cycle).
-    """
-    return (
-        f"s AS (UPDATE sequences SET {column} = {column} + 1 WHERE id = 1"
-        f" RETURNING {column} AS seq)"
-    )
-
-
 class _PostgresTransaction(Transaction):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -187,11 +175,9 @@ class _PostgresTransaction(Transaction):
         with _mapped("insert a job"):
             try:
                 seq = await self._conn.fetchval(
-                    "WITH "
-                    + _next_seq("jobs")
-                    + " INSERT INTO jobs (seq, id, tenant, request_id, queue, priority, state,"
+                    "INSERT INTO jobs (id, tenant, request_id, queue, priority, state,"
                     " labels, created_at, agent_id, lease_token, lease_expires, not_before,"
-                    " deadline, spec, body) VALUES ((SELECT seq FROM s), $1, $2, $3, $4, $5, $6,"
+                    " deadline, spec, body) VALUES ($1, $2, $3, $4, $5, $6,"
                     " $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq",
                     *args,
                 )
@@ -223,7 +209,7 @@ class _PostgresTransaction(Transaction):
         job = stored.job
         await self._execute(
             "UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3, lease_expires = $4,"
-            " not_before = $5, deadline = $6, body = $7 WHERE seq = $8",
+            " not_before = $5, deadline = $6, body = $7 WHERE id = $8",
             job.state,
             job.agent_id,
             stored.lease_token,
@@ -231,27 +217,23 @@ class _PostgresTransaction(Transaction):
             stored.not_before,
             stored.deadline,
             _body_without_spec(job),
-            stored.seq,
+            job.id,  # not seq: a job inserted in this transaction has a provisional one
         )
 
-    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
-        row = await self._fetchrow(
-            "WITH " + _next_seq("events") + " INSERT INTO events (seq, job_id, tenant, body)"
-            " VALUES ((SELECT seq FROM s), $1, $2, $3) RETURNING seq",
+    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
+        await self._execute(
+            "INSERT INTO events (job_id, tenant, body) VALUES ($1, $2, $3)",
             event.job_id,
             tenant,
             event.SerializeToString(),
         )
-        return int(row[0])
 
-    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> int:
+    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
         job = stored.job
-        row = await self._fetchrow(
+        await self._execute(
             "WITH u AS (UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3,"
-            " lease_expires = $4, not_before = $5, deadline = $6, body = $7 WHERE seq = $8), "
-            + _next_seq("events")
-            + " INSERT INTO events (seq, job_id, tenant, body)"
-            " VALUES ((SELECT seq FROM s), $9, $10, $11) RETURNING seq",
+            " lease_expires = $4, not_before = $5, deadline = $6, body = $7 WHERE id = $8)"
+            " INSERT INTO events (job_id, tenant, body) VALUES ($9, $10, $11)",
             job.state,
             job.agent_id,
             stored.lease_token,
@@ -259,29 +241,24 @@ class _PostgresTransaction(Transaction):
             stored.not_before,
             stored.deadline,
             _body_without_spec(job),
-            stored.seq,
+            job.id,
             event.job_id,
             stored.tenant,
             event.SerializeToString(),
         )
-        return int(row[0])
 
-    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
+    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> None:
         if not events:
-            return []
-        rows = await self._fetch(
-            "WITH s AS (UPDATE sequences SET events = events + $1 WHERE id = 1"
-            " RETURNING events - $1 AS base)"
-            " INSERT INTO events (seq, job_id, tenant, body)"
-            " SELECT (SELECT base FROM s) + e.n, e.job_id, e.tenant, e.body"
-            " FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY"
-            " AS e(job_id, tenant, body, n) ORDER BY e.n RETURNING seq",
-            len(events),
+            return
+        await self._execute(
+            "INSERT INTO events (job_id, tenant, body)"
+            " SELECT e.job_id, e.tenant, e.body"
+            " FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY"
+            " AS e(job_id, tenant, body, n) ORDER BY e.n",
             [event.job_id for _, event in events],
             [tenant for tenant, _ in events],
             [event.SerializeToString() for _, event in events],
         )
-        return sorted(int(row[0]) for row in rows)
 
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         rows = await self._fetch(

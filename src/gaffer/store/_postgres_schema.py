@@ -89,4 +89,32 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_agent;
     CREATE INDEX jobs_held ON jobs (agent_id) WHERE state IN (2,3,4,5);
     """,
+    # 3: jobs and events are numbered at commit (deferred triggers), not at insert: the
+    # counter row is then held only while a transaction commits, not across the round
+    # trips between its first write and its COMMIT. Rows carry a provisional negative
+    # number until then (never visible to another transaction).
+    """
+    CREATE SEQUENCE provisional_seq;
+    ALTER TABLE jobs ALTER COLUMN seq SET DEFAULT -nextval('provisional_seq');
+    ALTER TABLE events ALTER COLUMN seq SET DEFAULT -nextval('provisional_seq');
+
+    CREATE FUNCTION gaffer_number_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE n bigint;
+    BEGIN
+        UPDATE sequences SET jobs = jobs + 1 WHERE id = 1 RETURNING jobs INTO n;
+        UPDATE jobs SET seq = n WHERE seq = NEW.seq;
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION gaffer_number_event() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE n bigint;
+    BEGIN
+        UPDATE sequences SET events = events + 1 WHERE id = 1 RETURNING events INTO n;
+        UPDATE events SET seq = n WHERE seq = NEW.seq;
+        RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER jobs_number AFTER INSERT ON jobs
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gaffer_number_job();
+    CREATE CONSTRAINT TRIGGER events_number AFTER INSERT ON events
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gaffer_number_event();
+    """,
 ]

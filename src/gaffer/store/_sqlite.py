@@ -139,16 +139,17 @@ class _SqliteTransaction(Transaction):
             ),
         )
 
-    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> int:
-        cursor = self._conn.execute(
+    async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
+        self._conn.execute(
             "INSERT INTO events (job_id, tenant, body) VALUES (?, ?, ?)",
             (event.job_id, tenant, event.SerializeToString()),
         )
-        seq = cursor.lastrowid or 0
-        return seq
 
-    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> list[int]:
-        return [await self.append_event(tenant, event) for tenant, event in events]
+    async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> None:
+        self._conn.executemany(
+            "INSERT INTO events (job_id, tenant, body) VALUES (?, ?, ?)",
+            [(event.job_id, tenant, event.SerializeToString()) for tenant, event in events],
+        )
 
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         rows = _fetchall(
