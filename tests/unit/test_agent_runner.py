@@ -15,6 +15,7 @@ from gaffer.agent._runner import (
     OutputStream,
     Process,
     RunSpec,
+    children_watched_with_pidfds,
     resolve_outputs,
     write_inputs,
 )
@@ -228,3 +229,22 @@ def test_output_globs_resolved(tmp_path: Path) -> None:
 def test_output_globs_outside_refused(tmp_path: Path, pattern: str) -> None:
     with pytest.raises(InvalidPathError):
         resolve_outputs(tmp_path, [pattern])
+
+
+async def test_exits_are_seen_with_pidfds_and_the_default_watcher_comes_back(
+    tmp_path: Path,
+) -> None:
+    with children_watched_with_pidfds():
+        if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+            watcher = asyncio.get_child_watcher()
+            assert isinstance(watcher, asyncio.PidfdChildWatcher)
+        started = [
+            await Process.start(RunSpec(py(f"raise SystemExit({i})"), ENV), tmp_path, Collector())
+            for i in range(5)
+        ]
+        results = [await process.wait() for process in started]
+        assert [r.exit_code for r in results] == [0, 1, 2, 3, 4]
+    if sys.version_info < (3, 12):
+        assert not isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher)
+    result = await (await Process.start(RunSpec(py("pass"), ENV), tmp_path, Collector())).wait()
+    assert result.exit_code == 0

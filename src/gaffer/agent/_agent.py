@@ -24,6 +24,7 @@ from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import AgentError
 from gaffer.agent._functions import builtin_functions
 from gaffer.agent._retry import TRANSIENT, Backoff, code_of, describe
+from gaffer.agent._runner import children_watched_with_pidfds
 from gaffer.client._target import CHANNEL_OPTIONS, channel_target
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -73,7 +74,8 @@ async def run_agent(
             are retried with backoff).
     """
     agent = _Agent(config, on_registered or _print_registered(config))
-    await agent.run(stop or asyncio.Event())
+    with children_watched_with_pidfds():
+        await agent.run(stop or asyncio.Event())
 
 
 def _print_registered(config: AgentConfig) -> OnRegistered:

@@ -12,7 +12,8 @@ import enum
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,33 @@ READ_SIZE = 65536
 # How long output readers may lag behind the process's exit before they are given up on
 # (a child that escaped the process group can hold a pipe open forever).
 _DRAIN_TIMEOUT = 2.0
+
+
+@contextlib.contextmanager
+def children_watched_with_pidfds() -> Iterator[None]:
+    """While inside, asyncio learns of a child's exit from a pidfd on the running loop.
+
+    Python 3.11's default watcher starts a thread per child and blocks the loop until that
+    thread runs: the larger part of starting a short process. Python 3.12 and later use
+    pidfds by themselves (and deprecate choosing a watcher); kernels before 5.3 have none.
+    On leaving, the default watcher is put back (the pidfd one is bound to this loop).
+    """
+    usable = sys.version_info < (3, 12) and hasattr(os, "pidfd_open")
+    if usable:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except OSError:
+            usable = False
+    if not usable:
+        yield
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    try:
+        yield
+    finally:
+        asyncio.set_child_watcher(asyncio.ThreadedChildWatcher())
 
 
 class OutputStream(enum.Enum):
