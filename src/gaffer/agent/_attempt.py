@@ -179,16 +179,25 @@ class Attempt:
             await self._run_exec(spec)
 
     async def _run_exec(self, spec: job_pb2.JobSpec) -> None:
-        await self._update(job_pb2.JOB_STATE_VALIDATING)
-        problem = spec_problem(spec)
+        # VALIDATING is reported while the work dir is made (nothing runs before its answer).
+        validating = asyncio.create_task(self._update(job_pb2.JOB_STATE_VALIDATING))
+        try:
+            problem = spec_problem(spec)
+            prepared: Exception | None = None
+            if problem is None:
+                try:
+                    await self._prepare_work_dir(spec)
+                except (OSError, InvalidPathError) as error:
+                    prepared = error
+            await validating
+        finally:
+            validating.cancel()  # a no-op once it is done
         if problem is not None:
             logger.info("attempt %s/%s: rejected: %s", *self._ids(), problem)
             await self._update(job_pb2.JOB_STATE_VALIDATING, problem, reject=True)
             return
-        try:
-            await asyncio.to_thread(self._prepare, spec)
-        except (OSError, InvalidPathError) as error:
-            await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {error}")
+        if prepared is not None:
+            await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {prepared}")
             return
         if await self._stopped_before_start():
             return
@@ -342,6 +351,15 @@ class Attempt:
         except Exception as error:
             logger.warning("attempt %s/%s: cannot report failure: %s", *self._ids(), error)
 
+    async def _prepare_work_dir(self, spec: job_pb2.JobSpec) -> None:
+        """Makes the work dir: on the loop when it is just a new empty directory (faster than
+        a hop to a thread), in a thread when there are inputs to write or leftovers to remove."""
+        if spec.inputs or self._workdir.exists():
+            await asyncio.to_thread(self._prepare, spec)
+        else:
+            self._made_workdir = True
+            self._workdir.mkdir(parents=True)
+
     def _prepare(self, spec: job_pb2.JobSpec) -> None:
         self._made_workdir = True
         if self._workdir.exists():
@@ -469,7 +487,10 @@ class Attempt:
         if self._shipper is not None and self._stop_reason in _SILENT:
             self._shipper.abort()
         if self._made_workdir and not self._config.keep_work_dirs:
-            await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+            try:
+                self._workdir.rmdir()  # left empty, as most jobs leave it: no thread needed
+            except OSError:
+                await asyncio.to_thread(shutil.rmtree, self._workdir, True)
 
     def _ids(self) -> tuple[str, int]:
         return self.key.job_id, self.key.attempt

@@ -295,7 +295,8 @@ class Jobs:
                         yield live
                         continue
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(change.wait(), idle.wait_for())
+                        async with asyncio.timeout(idle.wait_for()):
+                            await change.wait()
                     if idle.due():
                         yield after_sequence
                     continue

@@ -79,6 +79,10 @@ class GroupCommitter:
     async def close(self) -> None:
         """Commits the open batch and syncs what waits for it, then stops."""
         self._closed = True
+        if self._batch is not None:
+            async with self._lock:
+                if self._batch is not None:
+                    self._commit(self._batch)
         if self._flusher is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
@@ -126,24 +130,36 @@ class GroupCommitter:
         except Exception as exc:
             raise self._wrap_error(exc) from exc
         batch = self._batch = _Batch()
-        self._flusher = asyncio.create_task(self._flush(batch), name="gaffer-group-commit")
+        asyncio.get_running_loop().call_soon(self._flush_soon, batch)
         return batch
 
-    async def _flush(self, batch: _Batch) -> None:
-        await asyncio.sleep(0)  # let the bodies that are ready in this turn join the batch
+    def _flush_soon(self, batch: _Batch) -> None:
+        """One turn after the batch opened: the bodies that were ready in that turn joined."""
+        if batch is not self._batch:
+            return  # committed already (by close)
+        if self._lock.locked():  # a body is suspended inside it: commit once it is done
+            self._flusher = asyncio.create_task(self._flush_after_body(batch))
+        else:
+            self._commit(batch)
+
+    async def _flush_after_body(self, batch: _Batch) -> None:
         async with self._lock:
-            self._batch = None
-            try:
-                self._execute("COMMIT")
-            except Exception as exc:
-                log.error("group commit failed: %s", exc)
-                with contextlib.suppress(Exception):
-                    self._execute("ROLLBACK")
-                error = self._wrap_error(exc)
-                batch.committed.set_exception(error)
-                batch.synced.set_exception(error)
-                _retrieve(batch)
-                return
+            if batch is self._batch:
+                self._commit(batch)
+
+    def _commit(self, batch: _Batch) -> None:
+        self._batch = None
+        try:
+            self._execute("COMMIT")
+        except Exception as exc:
+            log.error("group commit failed: %s", exc)
+            with contextlib.suppress(Exception):
+                self._execute("ROLLBACK")
+            error = self._wrap_error(exc)
+            batch.committed.set_exception(error)
+            batch.synced.set_exception(error)
+            _retrieve(batch)
+            return
         self.commits += 1
         batch.committed.set_result(None)
         for callback in batch.on_commit:
