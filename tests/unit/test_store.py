@@ -311,3 +311,14 @@ async def test_transactions_cancelled_at_any_point_leave_the_store_usable(store:
             await task
     [job] = await insert(store, make_job())
     assert await store.get_job(job.job.id) is not None
+
+
+async def test_a_job_inserted_with_its_first_event(store: Store) -> None:
+    stored = make_job()
+    async with store.transaction() as tx:
+        event = job_pb2.JobEvent(job_id=stored.job.id, message="submitted")
+        await tx.insert_job_with_event(stored, event)
+    saved = await store.get_job(stored.job.id)
+    assert saved is not None and saved.seq > 0
+    events = await store.read_events(saved.tenant, after_seq=0, limit=10, job_id=stored.job.id)
+    assert [e.message for e in events] == ["submitted"]

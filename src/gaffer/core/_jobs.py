@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from gaffer.core._context import Caller, CoreSettings
 from gaffer.core._event_tail import EventTail, TailSlice
-from gaffer.core._transitions import apply_state, change_state, record_event, timestamp
+from gaffer.core._transitions import change_state, insert_submitted, record_event, timestamp
 from gaffer.domain import (
     FailedPrecondition,
     InvalidArgument,
@@ -146,18 +146,7 @@ class Jobs:
                 if existing is not None:
                     return self._present(existing), True
             stored = StoredJob(job=job, tenant=caller.tenant)
-            apply_state(
-                stored, S.JOB_STATE_PENDING, now=now, message="submitted", actor=caller.actor
-            )
-            await tx.insert_job(stored)
-            await record_event(
-                tx,
-                stored,
-                job_pb2.JOB_EVENT_TYPE_CREATED,
-                now=now,
-                message="submitted",
-                actor=caller.actor,
-            )
+            await insert_submitted(tx, stored, now=now, actor=caller.actor)
             tx.topics.add(queue_topic(job.spec.queue))
         return self._present(stored), False
 

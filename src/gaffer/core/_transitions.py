@@ -30,9 +30,24 @@ async def record_event(
         stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
     )
     await tx.append_event(stored.tenant, event)
+    _touched(tx, stored)
+    return event
+
+
+async def insert_submitted(tx: Transaction, stored: StoredJob, *, now: float, actor: str) -> None:
+    """Stores a new job as PENDING with its CREATED event."""
+    apply_state(stored, job_pb2.JOB_STATE_PENDING, now=now, message="submitted", actor=actor)
+    created = state_event(
+        stored, job_pb2.JOB_EVENT_TYPE_CREATED, now=now, message="submitted", actor=actor
+    )
+    await tx.insert_job_with_event(stored, created)
+    _touched(tx, stored)
+
+
+def _touched(tx: Transaction, stored: StoredJob) -> None:
+    """Marks the topics of a job's new event, published once the transaction commits."""
     tx.topics.add(job_topic(stored.job.id))
     tx.topics.add(EVENTS_TOPIC)
-    return event
 
 
 async def record_events(tx: Transaction, events: list[tuple[StoredJob, job_pb2.JobEvent]]) -> None:
@@ -90,8 +105,7 @@ async def change_state(
         stored, event_type, now=now, message=message, actor=actor, exit_code=exit_code
     )
     await tx.write_change(stored, event)
-    tx.topics.add(job_topic(stored.job.id))
-    tx.topics.add(EVENTS_TOPIC)
+    _touched(tx, stored)
     return event
 
 

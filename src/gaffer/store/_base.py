@@ -113,6 +113,12 @@ class Transaction(abc.ABC):
         """Appends an event. Its sequence number is known once committed (read it back):
         PostgreSQL numbers events at commit, so that they commit in number order."""
 
+    async def insert_job_with_event(self, stored: StoredJob, event: job_pb2.JobEvent) -> StoredJob:
+        """insert_job, then append_event of its first event (a store may do both at once)."""
+        await self.insert_job(stored)
+        await self.append_event(stored.tenant, event)
+        return stored
+
     async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
         """Writes back a job read in this transaction and appends the event of its change
         (a store may do both in one statement)."""

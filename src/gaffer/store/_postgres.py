@@ -154,6 +154,13 @@ class _PostgresTransaction(Transaction):
         await self._execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", lock_class, key)
 
     async def insert_job(self, stored: StoredJob) -> StoredJob:
+        return await self._insert(stored, None)
+
+    async def insert_job_with_event(self, stored: StoredJob, event: job_pb2.JobEvent) -> StoredJob:
+        return await self._insert(stored, event)
+
+    async def _insert(self, stored: StoredJob, event: job_pb2.JobEvent | None) -> StoredJob:
+        """The job's row, and its first event in the same statement when there is one."""
         job = stored.job
         args = (
             job.id,
@@ -174,13 +181,21 @@ class _PostgresTransaction(Transaction):
         )
         with _mapped("insert a job"):
             try:
-                seq = await self._conn.fetchval(
+                insert = (
                     "INSERT INTO jobs (id, tenant, request_id, queue, priority, state,"
                     " labels, created_at, agent_id, lease_token, lease_expires, not_before,"
                     " deadline, spec, body) VALUES ($1, $2, $3, $4, $5, $6,"
-                    " $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq",
-                    *args,
+                    " $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING seq"
                 )
+                if event is None:
+                    seq = await self._conn.fetchval(insert, *args)
+                else:
+                    seq = await self._conn.fetchval(
+                        f"WITH j AS ({insert}), e AS (INSERT INTO events (job_id, tenant, body)"
+                        " VALUES ($1, $2, $16)) SELECT seq FROM j",
+                        *args,
+                        event.SerializeToString(),
+                    )
             except asyncpg.UniqueViolationError as exc:
                 # Only when the caller skipped find_request, which locks the request id.
                 what = "request_id" if exc.constraint_name == "jobs_request" else "id"
