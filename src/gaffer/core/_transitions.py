@@ -54,9 +54,7 @@ async def record_events(tx: Transaction, events: list[tuple[StoredJob, job_pb2.J
     """Appends several events in one go (each job's event built by ``state_event``)."""
     await tx.append_events([(stored.tenant, event) for stored, event in events])
     for stored, _ in events:
-        tx.topics.add(job_topic(stored.job.id))
-    if events:
-        tx.topics.add(EVENTS_TOPIC)
+        _touched(tx, stored)
 
 
 def state_event(

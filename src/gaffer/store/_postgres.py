@@ -131,6 +131,27 @@ def filter_sql(query: JobQuery, alias: str, arg: _Args) -> str:
     return " AND ".join(parts)
 
 
+# By id, not seq: a job inserted in this transaction has a provisional seq.
+_UPDATE_JOB = (
+    "UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3, lease_expires = $4,"
+    " not_before = $5, deadline = $6, body = $7 WHERE id = $8"
+)
+
+
+def _update_args(stored: StoredJob) -> tuple[Any, ...]:
+    job = stored.job
+    return (
+        job.state,
+        job.agent_id,
+        stored.lease_token,
+        stored.lease_expires,
+        stored.not_before,
+        stored.deadline,
+        _body_without_spec(job),
+        job.id,
+    )
+
+
 class _PostgresTransaction(Transaction):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -221,19 +242,7 @@ class _PostgresTransaction(Transaction):
         return _job_from_row(row) if row else None
 
     async def update_job(self, stored: StoredJob) -> None:
-        job = stored.job
-        await self._execute(
-            "UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3, lease_expires = $4,"
-            " not_before = $5, deadline = $6, body = $7 WHERE id = $8",
-            job.state,
-            job.agent_id,
-            stored.lease_token,
-            stored.lease_expires,
-            stored.not_before,
-            stored.deadline,
-            _body_without_spec(job),
-            job.id,  # not seq: a job inserted in this transaction has a provisional one
-        )
+        await self._execute(_UPDATE_JOB, *_update_args(stored))
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
         await self._execute(
@@ -244,19 +253,10 @@ class _PostgresTransaction(Transaction):
         )
 
     async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
-        job = stored.job
         await self._execute(
-            "WITH u AS (UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3,"
-            " lease_expires = $4, not_before = $5, deadline = $6, body = $7 WHERE id = $8)"
-            " INSERT INTO events (job_id, tenant, body) VALUES ($9, $10, $11)",
-            job.state,
-            job.agent_id,
-            stored.lease_token,
-            stored.lease_expires,
-            stored.not_before,
-            stored.deadline,
-            _body_without_spec(job),
-            job.id,
+            f"WITH u AS ({_UPDATE_JOB}) INSERT INTO events (job_id, tenant, body)"
+            " VALUES ($9, $10, $11)",
+            *_update_args(stored),
             event.job_id,
             stored.tenant,
             event.SerializeToString(),
