@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import secrets
 import time
 
@@ -16,9 +18,15 @@ def _b32(value: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
+# Ids need to be unique, not secret (lease tokens are the secrets): a generator seeded from the
+# OS (again in a forked child) saves a system call per id.
+_random = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _random.seed(secrets.randbits(128)))
+
+
 def _ulid_like() -> str:
     millis = int(time.time() * 1000)
-    return _b32(millis, 10) + _b32(secrets.randbits(80), 16)
+    return _b32(millis, 10) + _b32(_random.getrandbits(80), 16)
 
 
 def new_job_id() -> str:

@@ -2,43 +2,48 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from gaffer.v1 import job_pb2
 
 S = job_pb2.JobState
 
 
-def _at(status: job_pb2.JobStatus) -> datetime:
-    return status.time.ToDatetime(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def job_timings(job: job_pb2.Job, now: datetime) -> job_pb2.JobTimings:
-    """Fills queued/validating/running/uploading/total from the history of the latest attempt."""
+    """Fills queued/validating/running/uploading/total from the history of the latest attempt.
+
+    In integer nanoseconds (every response carries this; datetimes cost more than the rest).
+    """
     timings = job_pb2.JobTimings()
-    history = list(job.history)
+    history = job.history
     if not history:
         return timings
-    end = job.finish_time.ToDatetime(tzinfo=UTC) if job.HasField("finish_time") else now
-    timings.total.FromTimedelta(end - _at(history[0]))
+    if job.HasField("finish_time"):
+        end = job.finish_time.ToNanoseconds()
+    else:
+        end = (now - _EPOCH) // timedelta(microseconds=1) * 1000
+    timings.total.FromNanoseconds(end - history[0].time.ToNanoseconds())
     # The latest entry into PENDING starts the latest attempt's queueing.
-    start = (
-        max(i for i, s in enumerate(history) if s.state == S.JOB_STATE_PENDING)
-        if any(s.state == S.JOB_STATE_PENDING for s in history)
-        else 0
-    )
-    marks: dict[int, datetime] = {}
+    start = 0
+    for i, status in enumerate(history):
+        if status.state == S.JOB_STATE_PENDING:
+            start = i
+    marks: dict[int, int] = {}
     for status in history[start:]:
-        marks.setdefault(status.state, _at(status))
-    queued_from = _at(history[start])
+        if status.state not in marks:
+            marks[status.state] = status.time.ToNanoseconds()
+    queued_from = history[start].time.ToNanoseconds()
     claimed = marks.get(S.JOB_STATE_CLAIMED)
     running = marks.get(S.JOB_STATE_RUNNING)
     uploading = marks.get(S.JOB_STATE_UPLOADING)
-    timings.queued.FromTimedelta((claimed or end) - queued_from)
+    timings.queued.FromNanoseconds((claimed or end) - queued_from)
     if claimed:
-        timings.validating.FromTimedelta((running or uploading or end) - claimed)
+        timings.validating.FromNanoseconds((running or uploading or end) - claimed)
     if running:
-        timings.running.FromTimedelta((uploading or end) - running)
+        timings.running.FromNanoseconds((uploading or end) - running)
     if uploading:
-        timings.uploading.FromTimedelta(end - uploading)
+        timings.uploading.FromNanoseconds(end - uploading)
     return timings
