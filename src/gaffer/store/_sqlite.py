@@ -5,8 +5,9 @@ less than a hop to a worker thread and back. Write transactions run one after an
 writer connection, grouped by a GroupCommitter so that concurrent ones share a
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a worker thread. Point reads
 use a second connection and never wait for writers (WAL); reads that may scan many rows
-(listing jobs with filters) run in a worker thread on a third, and so do checkpoints (the
-writer never checkpoints by itself, so a commit never stalls the loop on the disk).
+(listing jobs, events filtered by job fields) go through aiosqlite on a third, whose thread
+also runs the checkpoints (the writer never checkpoints by itself, so a commit never stalls
+the loop on the disk).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import json
 import logging
 import os
 import sqlite3
-import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import aiosqlite
 
 from gaffer.domain import StoreUnavailable
 from gaffer.store._base import (
@@ -266,32 +268,6 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) ->
     return conn.execute(sql, params).fetchall()
 
 
-class _ThreadReader:
-    """A connection used from worker threads, one query at a time: for reads that may scan."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()
-
-    def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        with self._lock:
-            return _fetchall(self._conn, sql, params)
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await asyncio.to_thread(self._fetchall, sql, params)
-
-    def _checkpoint(self) -> None:
-        with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    async def checkpoint(self) -> None:
-        await asyncio.to_thread(self._checkpoint)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
 class SqliteStore(Store):
     """SQLite under ``data_dir``: ``gaffer.db`` plus ``blobs/`` for artifact bytes."""
 
@@ -304,7 +280,7 @@ class SqliteStore(Store):
         self._synchronous = synchronous
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._scanner: _ThreadReader | None = None
+        self._scanner: aiosqlite.Connection | None = None
         self._committer: GroupCommitter | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
@@ -332,7 +308,10 @@ class SqliteStore(Store):
             self._migrate(self._writer)
             self._writer.execute("PRAGMA wal_autocheckpoint = 0")
             self._reader = self._connect(busy_timeout_ms=200)
-            self._scanner = _ThreadReader(self._connect())
+            self._scanner = await aiosqlite.connect(
+                self._data_dir / "gaffer.db", isolation_level=None
+            )
+            await self._scanner.execute("PRAGMA busy_timeout = 5000")
         except sqlite3.Error as exc:
             await self.close()
             raise _unavailable(exc) from exc
@@ -355,7 +334,7 @@ class SqliteStore(Store):
                 continue
             done = self._committer.commits
             try:
-                await self._scanner.checkpoint()
+                await self._scanner.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.warning("SQLite checkpoint failed (retried later): %s", exc)
 
@@ -392,7 +371,7 @@ class SqliteStore(Store):
             await self._committer.close()
             self._committer = None
         if self._scanner is not None:
-            self._scanner.close()
+            await self._scanner.close()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
@@ -405,7 +384,7 @@ class SqliteStore(Store):
         return self._reader
 
     @property
-    def _scan(self) -> _ThreadReader:
+    def _scan(self) -> aiosqlite.Connection:
         if self._scanner is None:
             raise StoreUnavailable("the store is closed")
         return self._scanner
@@ -455,7 +434,7 @@ class SqliteStore(Store):
             + (f" AND {where}" if where else "")
             + f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         )
-        rows = await self._scan.fetchall(sql, (tenant, after_seq, *params, limit))
+        rows = await self._scan.execute_fetchall(sql, (tenant, after_seq, *params, limit))
         return [_job_from_row(r) for r in rows]
 
     async def read_events(
@@ -467,6 +446,7 @@ class SqliteStore(Store):
         job_id: str | None = None,
         query: JobQuery | None = None,
     ) -> list[job_pb2.JobEvent]:
+        rows: Iterable[Any]
         if job_id is not None:
             rows = _fetchall(
                 self._r,
@@ -477,7 +457,7 @@ class SqliteStore(Store):
         else:
             where, params = filter_sql(query or JobQuery(), "j")
             if where:  # a join that may scan: off the loop
-                rows = await self._scan.fetchall(
+                rows = await self._scan.execute_fetchall(
                     "SELECT e.seq, e.body FROM events e JOIN jobs j ON j.id = e.job_id"
                     f" WHERE e.tenant = ? AND e.seq > ? AND {where} ORDER BY e.seq LIMIT ?",
                     (tenant, after_seq, *params, limit),
