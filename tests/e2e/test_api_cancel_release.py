@@ -173,3 +173,20 @@ def test_a_job_every_agent_rejects_fails_instead_of_cycling(api: Api) -> None:
     final = api.get(job.id)
     assert final.state == S.JOB_STATE_FAILED
     assert final.rejections == 20 and "no agent can run it" in final.message
+
+
+def test_an_attempt_its_agent_just_finished_is_not_reported_lost(api: Api) -> None:
+    agent = api.agent("default", name="finisher")
+    other = api.agent("default", name="other")
+    api.submit(["true"])
+    api.submit(["true"])
+    mine, theirs = agent.claim_one(), other.claim_one()
+    agent.finish(mine)
+    # Listed as running by a poll built while its CompleteJob was on the way: the agent knows
+    # it ended, so the poll is not cut short for it.
+    response = heartbeat(agent, mine, wait=0.3)
+    assert list(response.lost) == []
+    # An attempt the agent never ended itself is lost, and says so at once.
+    other.complete(theirs)
+    response = heartbeat(agent, theirs, wait=5.0)
+    assert [(r.job_id, r.attempt) for r in response.lost] == [(theirs.job.id, theirs.attempt)]

@@ -307,7 +307,12 @@ class Agents:
                 )
                 held = await tx.jobs_of_agent(agent_id)
             held_refs = {(s.job.id, s.job.attempt) for s in held}
-            result.lost = [r for r in running if (r.job_id, r.attempt) not in held_refs]
+            result.lost = [
+                r
+                for r in running
+                if (r.job_id, r.attempt) not in held_refs
+                and not await self._ended_by(r, self.actor(agent))
+            ]
             result.draining = agent.state == agent_pb2.AGENT_STATE_DRAINING
             deadline = time.monotonic() + wait
             while True:
@@ -333,6 +338,20 @@ class Agents:
                 result.draining = current.agent.state == agent_pb2.AGENT_STATE_DRAINING
                 if result.draining:
                     return result
+
+    async def _ended_by(self, ref: agent_pb2.AttemptRef, actor: str) -> bool:
+        """Whether the attempt ended with its agent's own report: one the agent listed as
+        running while its CompleteJob was on the way is not lost (the agent knows), and must
+        not cut the long poll short at every job a busy agent finishes."""
+        stored = await self._store.get_job(ref.job_id)
+        if stored is None or stored.job.attempt != ref.attempt or not stored.job.history:
+            return False
+        last = stored.job.history[-1]  # its outcome, or the retry or hand-back it asked for
+        return (
+            stored.job.state not in ACTIVE_STATES
+            and last.actor == actor
+            and last.attempt == ref.attempt
+        )
 
     async def _fenced(self, tx: Transaction, fence: Fence) -> StoredJob:
         """The job if ``fence`` names its current attempt; FAILED_PRECONDITION otherwise."""
