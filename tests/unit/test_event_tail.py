@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,4 +93,25 @@ async def test_evicted_events_are_no_longer_covered(store: SqliteStore) -> None:
         5,
         6,
     ]
+    await tail.close()
+
+
+async def test_with_many_followers_wake_ups_are_spaced_out(store: SqliteStore) -> None:
+    tail = EventTail(store, store._notifier, recheck=0.05)
+    await tail.ready()
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as followers:
+        for _ in range(1000):  # paced at 1000 x 100 us = 0.1 s between wake-ups
+            followers.enter_context(tail.following())
+        woken: list[float] = []
+        for i in range(3):
+            change = tail.change()
+            await append(store, "a", f"e{i}")
+            await change.wait()
+            woken.append(loop.time())
+    assert tail.followers == 0
+    gaps = [b - a for a, b in itertools.pairwise(woken)]
+    assert all(gap >= 0.099 for gap in gaps), gaps  # a floor: a slow machine only adds to it
+    got = tail.since("a", 0, 100)
+    assert got is not None and len(got.frames) == 3  # nothing held back, only paced
     await tail.close()

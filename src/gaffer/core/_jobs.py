@@ -258,7 +258,8 @@ class Jobs:
             )
         shared = not job_id and not history_only and (query is None or query == JobQuery())
         topic = job_topic(job_id) if job_id else EVENTS_TOPIC
-        with self._notifier.subscribe(topic) as sub:
+        following = self._tail.following() if shared else contextlib.nullcontext()
+        with self._notifier.subscribe(topic) as sub, following:
             if job_id:
                 await self._get(caller, job_id)
             if shared:
