@@ -78,7 +78,7 @@ class EventTail:
         self._seqs: deque[int] = deque()
         self._events: deque[tuple[str, bytes]] = deque()
         # Followers of a tenant at the same cursor get the same slice (reset on append).
-        self._slices: dict[tuple[str, int], TailSlice] = {}
+        self._slices: dict[tuple[str, int, int], TailSlice] = {}
         #: Every event with a sequence above this is held (or not yet read).
         self.floor = 0
         self._appended = asyncio.Event()
@@ -113,7 +113,7 @@ class EventTail:
 
     def since(self, tenant: str, after_seq: int, limit: int) -> TailSlice | None:
         """The tenant's held events after ``after_seq`` (which ``covers``), oldest first."""
-        key = (tenant, after_seq)
+        key = (tenant, after_seq, limit)
         found = self._slices.get(key)
         if found is not None:
             return found

@@ -110,12 +110,12 @@ class GroupCommitter:
             self._execute("SAVEPOINT gaffer_tx")
             try:
                 yield
+                self._execute("RELEASE gaffer_tx")
             except BaseException:
                 with contextlib.suppress(Exception):
                     self._execute("ROLLBACK TO gaffer_tx")
                     self._execute("RELEASE gaffer_tx")
                 raise
-            self._execute("RELEASE gaffer_tx")
             batch.on_commit.append(on_commit)
             batch.durable = batch.durable or durable
         await asyncio.shield(batch.committed)
