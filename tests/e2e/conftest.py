@@ -162,19 +162,37 @@ class Api:
         max_pages: int = 1000,
     ) -> list[list[str]]:
         """Every page of a listing, as job ids, following next_page_token to the end."""
-        pages: list[list[str]] = []
+        return [
+            [job.id for job in page]
+            for page in self.job_pages(flt, order=order, page_size=page_size, max_pages=max_pages)
+        ]
+
+    def job_pages(
+        self,
+        flt: jpb.JobFilter | None = None,
+        *,
+        order: int = jpb.LIST_ORDER_UNSPECIFIED,
+        page_size: int = 1000,
+        max_pages: int = 1000,
+    ) -> list[list[job_pb2.Job]]:
+        """Every page of a listing, following next_page_token to the end."""
+        pages: list[list[job_pb2.Job]] = []
         token = ""
         while True:
             response = self.jobs.ListJobs(
                 jpb.ListJobsRequest(filter=flt, order=order, page_size=page_size, page_token=token),  # type: ignore[arg-type]
                 timeout=CALL_TIMEOUT,
             )
-            pages.append([job.id for job in response.jobs])
+            pages.append(list(response.jobs))
             assert len(response.jobs) <= page_size, "a page is larger than page_size"
             token = response.next_page_token
             if not token:
                 return pages
             assert len(pages) < max_pages, "the listing never ended"
+
+    def all_jobs(self) -> list[job_pb2.Job]:
+        """Every job the server holds, whole."""
+        return [job for page in self.job_pages() for job in page]
 
     def list_ids(self, flt: jpb.JobFilter | None = None, **kwargs: Any) -> list[str]:
         return [job_id for page in self.list_pages(flt, **kwargs) for job_id in page]

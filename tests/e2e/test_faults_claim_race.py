@@ -66,7 +66,7 @@ def test_sixteen_agents_claim_each_attempt_once(tmp_path: Path) -> None:
         wait_until(lambda: completed_count(rig) == JOBS, timeout=120, interval=0.5, what="all jobs")
         drained = time.monotonic() - started
 
-        jobs = {job.id: job for page in _pages(rig) for job in page}
+        jobs = {job.id: job for job in rig.api.all_jobs()}
         assert set(jobs) == set(submitted)
         for job in jobs.values():
             assert job.state == S.JOB_STATE_COMPLETED, job
@@ -89,15 +89,3 @@ def test_sixteen_agents_claim_each_attempt_once(tmp_path: Path) -> None:
         assert len(per_agent) >= AGENTS // 2, per_agent
         shares = sorted(per_agent.values())
         print(f"{JOBS} jobs drained by {AGENTS} agents in {drained:.1f}s; shares {shares}")
-
-
-def _pages(rig: Rig) -> list[list[job_pb2.Job]]:
-    pages, token = [], ""
-    while True:
-        response = rig.api.jobs.ListJobs(
-            jpb.ListJobsRequest(page_size=1000, page_token=token), timeout=CALL_TIMEOUT
-        )
-        pages.append(list(response.jobs))
-        token = response.next_page_token
-        if not token:
-            return pages

@@ -69,7 +69,7 @@ def test_acknowledged_submits_survive_kill_9(tmp_path: Path) -> None:
         assert background.error is not None
         assert background.error.code() == grpc.StatusCode.UNAVAILABLE, background.error
 
-        stored = {job.id: job for job in _all_jobs(rig.api)}
+        stored = {job.id: job for job in rig.api.all_jobs()}
         missing = [job_id for job_id in acked if job_id not in stored]
         assert not missing, f"{len(missing)} acknowledged jobs lost, e.g. {missing[:3]}"
         lost_background = [j for j in background.acked.values() if j not in stored]
@@ -87,22 +87,9 @@ def test_acknowledged_submits_survive_kill_9(tmp_path: Path) -> None:
         )
         if retried.existing:
             assert retried.job.id in stored
-        matching = [j for j in _all_jobs(rig.api) if j.request_id == background.cut_off]
+        matching = [j for j in rig.api.all_jobs() if j.request_id == background.cut_off]
         assert [j.id for j in matching] == [retried.job.id]
         print(
             f"{len(acked)} + {len(background.acked)} acknowledged before the kill, all stored; "
             f"the cut-off submit had {'' if retried.existing else 'not '}committed"
         )
-
-
-def _all_jobs(api: Api) -> list[job_pb2.Job]:
-    jobs: list[job_pb2.Job] = []
-    token = ""
-    while True:
-        response = api.jobs.ListJobs(
-            jpb.ListJobsRequest(page_size=1000, page_token=token), timeout=CALL_TIMEOUT
-        )
-        jobs.extend(response.jobs)
-        token = response.next_page_token
-        if not token:
-            return jobs

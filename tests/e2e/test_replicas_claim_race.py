@@ -39,18 +39,6 @@ SLOTS = 16
 CLAIMED = re.compile(r"claimed (\S+) attempt (\d+)$")
 
 
-def all_jobs(api: Api) -> list[job_pb2.Job]:
-    jobs, token = [], ""
-    while True:
-        response = api.jobs.ListJobs(
-            jpb.ListJobsRequest(page_size=1000, page_token=token), timeout=CALL_TIMEOUT
-        )
-        jobs.extend(response.jobs)
-        token = response.next_page_token
-        if not token:
-            return jobs
-
-
 def completed(api: Api) -> int:
     return len(api.list_ids(jpb.JobFilter(states=[S.JOB_STATE_COMPLETED])))
 
@@ -90,7 +78,7 @@ def test_sixteen_agents_on_two_replicas_claim_each_attempt_once(
         wait_until(lambda: completed(apis[0]) == JOBS, timeout=180, interval=0.5, what="all jobs")
         drained = time.monotonic() - started
 
-        jobs = {job.id: job for job in all_jobs(apis[1])}
+        jobs = {job.id: job for job in apis[1].all_jobs()}
         assert set(jobs) == set(submitted)
         for job in jobs.values():
             assert job.state == S.JOB_STATE_COMPLETED, job
