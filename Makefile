@@ -58,7 +58,9 @@ test: install postgres
 
 # The benchmark suite of issue 5 (about 10 minutes; not part of `make test`): prints a table
 # and writes bench/results/latest.json. `python -m bench --quick` or `--only NAME` for less.
-bench: $(VENV)/.bench-installed
+# Celery's peer needs Redis and the PostgreSQL figures need PostgreSQL: both started if down.
+bench: $(VENV)/.bench-installed postgres
+	bash scripts/ensure-redis.sh
 	$(PY) -m bench
 
 run: install

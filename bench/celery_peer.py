@@ -3,7 +3,7 @@
 One worker, solo pool and prefork with 2; end to end from the first send to the last result
 (a group, then ``.get()`` on it: Celery's native join on Redis). ``rtt`` measures one task at a
 time (``apply_async`` then ``get``), used beside Gaffer's dispatch latency. Each run has its
-own queue; Redis must be running (see the Makefile's ``bench`` target).
+own queue; Redis must be running (``make bench`` starts one when none answers).
 """
 
 from __future__ import annotations
