@@ -134,6 +134,21 @@ async def test_pending_jobs_by_priority_then_age_and_not_before(store: Store) ->
         assert ready[0].job.id == later.job.id
 
 
+async def test_any_pending_sees_only_ready_jobs_of_the_queues(store: Store) -> None:
+    assert not await store.any_pending(["default"], now=1e12)
+    later = make_job(queue="q")
+    later.not_before = 2000.0
+    await insert(store, later, make_job(queue="other"))
+    assert not await store.any_pending(["default", "q"], now=1500.0)  # not before 2000
+    assert await store.any_pending(["default", "q"], now=2500.0)
+    assert await store.any_pending(["other"], now=0.0)
+    async with store.transaction() as tx:  # once claimed, it no longer waits
+        (taken,) = await tx.pending_jobs(["other"], now=0.0, limit=1)
+        taken.job.state = S.JOB_STATE_CLAIMED
+        await tx.update_job(taken)
+    assert not await store.any_pending(["other"], now=0.0)
+
+
 async def test_events_are_sequenced_and_filtered(store: Store) -> None:
     a, b = await insert(store, make_job(labels={"k": "a"}), make_job(labels={"k": "b"}))
     before = await store.last_event_seq()

@@ -194,12 +194,18 @@ class Agents:
         stored_agent = await self._store.get_agent(agent_id)
         if stored_agent is None:
             raise _agent_not_found(agent_id)
-        topics = [queue_topic(q) for q in stored_agent.agent.queues]
+        queues = list(stored_agent.agent.queues)
+        topics = [queue_topic(q) for q in queues]
         deadline = time.monotonic() + wait
         with self._notifier.subscribe(*topics, agent_topic(agent_id)) as sub:
             while True:
                 sub.clear()
-                claimed = await self._claim_once(agent_id, max_jobs or 1)
+                # A look without the writer first: most polls of an idle agent find nothing.
+                claimed = (
+                    await self._claim_once(agent_id, max_jobs or 1)
+                    if await self._store.any_pending(queues, self._now())
+                    else []
+                )
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0:
                     return claimed

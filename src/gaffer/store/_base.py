@@ -259,6 +259,11 @@ class Store(abc.ABC):
     async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
         """Jobs whose current attempt the agent holds (a read, outside any transaction)."""
 
+    @abc.abstractmethod
+    async def any_pending(self, queues: Sequence[str], now: float) -> bool:
+        """Whether a job waits in one of ``queues`` (a read, outside any transaction): a
+        claim that would find nothing skips its write transaction."""
+
     @property
     @abc.abstractmethod
     def blob_dir(self) -> Path:

@@ -727,3 +727,13 @@ class PostgresStore(Store):
             agent_id,
         )
         return [_job_from_row(r) for r in rows]
+
+    async def any_pending(self, queues: Sequence[str], now: float) -> bool:
+        row = await self._read(
+            "fetchval",
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 1 AND queue = ANY($1::text[])"
+            " AND not_before <= $2)",
+            list(queues),
+            now,
+        )
+        return bool(row)

@@ -418,6 +418,14 @@ class SqliteStore(Store):
 
         await asyncio.to_thread(sync)
 
+    async def any_pending(self, queues: Sequence[str], now: float) -> bool:
+        row = self._r.execute(
+            f"SELECT 1 FROM jobs WHERE state = 1 AND queue IN ({','.join('?' * len(queues))})"
+            " AND not_before <= ? LIMIT 1",
+            (*queues, now),
+        ).fetchone()
+        return row is not None
+
     async def get_job(self, job_id: str) -> StoredJob | None:
         rows = _fetchall(self._r, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job_from_row(next(iter(rows))) if rows else None
