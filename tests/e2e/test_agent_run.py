@@ -332,6 +332,36 @@ async def test_non_zero_exit_fails_with_its_exit_code(
     assert (await api.output(job.id))[STDOUT] == b"bye\n"
 
 
+@pytest.mark.parametrize("seconds", [0, 0.3])
+async def test_short_and_long_runs_keep_the_whole_history(
+    server: ServerProc, api: Api, launch_agent: Any, seconds: float
+) -> None:
+    """A run that ends at once reports VALIDATING and RUNNING with its outcome; a longer one
+    reports RUNNING while it runs. Either way the history is whole and in order."""
+    await launch_agent(server.address)
+    job = await api.submit(exec_spec("sleep", str(seconds)))
+    if seconds:
+        await wait_until_async(
+            lambda: _state_is(api, job.id, S.JOB_STATE_RUNNING), timeout=10, what="RUNNING"
+        )
+    job = await api.wait(job.id)
+    assert [s for s, _ in history(job)] == [
+        S.JOB_STATE_PENDING,
+        S.JOB_STATE_CLAIMED,
+        S.JOB_STATE_VALIDATING,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_COMPLETED,
+    ]
+    times = [status.time.ToNanoseconds() for status in job.history]
+    assert times == sorted(times)
+    ran = (times[4] - times[3]) / 1e9
+    assert seconds <= ran < seconds + 5
+
+
+async def _state_is(api: Api, job_id: str, state: int) -> bool:
+    return (await api.get(job_id)).state == state
+
+
 @pytest.mark.parametrize("field", ["outputs", "inputs"])
 async def test_submit_refuses_paths_every_agent_rejects(api: Api, field: str) -> None:
     spec = exec_spec("true")

@@ -58,10 +58,15 @@ def test_server_fails_a_timed_out_job_whose_agent_is_frozen(tmp_path: Path) -> N
     with Rig(tmp_path, *SERVER_FLAGS) as rig:
         agent = rig.agent("--slots", "1")
         job = rig.submit(["sleep", "60"], timeout=ONE_SECOND)
-        # Freeze the agent as soon as the process is up, well before its 1 s timer fires.
-        wait_until(lambda: rig.pids(job.id), timeout=15, interval=0.01, what="the process")
+        # Freeze the agent as soon as the process is up and reported RUNNING (a run reports
+        # it once it has lasted a moment), well before its 1 s timer fires.
+        wait_until(
+            lambda: rig.pids(job.id) and rig.get(job.id).state == S.JOB_STATE_RUNNING,
+            timeout=15,
+            interval=0.01,
+            what="the process, RUNNING",
+        )
         with frozen(agent):
-            assert rig.get(job.id).state == S.JOB_STATE_RUNNING
             done = wait_until(lambda: finished(rig, job.id), timeout=10, what="the server")
             assert rig.pids(job.id), "nobody could have killed the process while frozen"
 

@@ -49,8 +49,9 @@ FENCED = "fenced"
 _SILENT = {LOST, FENCED}
 #: Most bytes of a function's traceback written to the job's stderr.
 _MAX_TRACEBACK = 64 * 1024
-# A function call still running after this long reports RUNNING; one that ends sooner goes
-# from CLAIMED to its outcome in one report (RUNNING recorded at its start time).
+# A run (process or function call) still going after this long reports RUNNING; one that
+# ends sooner goes from CLAIMED to its outcome in one report, VALIDATING and RUNNING recorded
+# at the times they began (validate_time, start_time).
 _RUNNING_REPORT_DELAY = 0.02
 #: Calls given up on (timeout, cancel, stop) that have not ended yet: the loop holds tasks
 #: only weakly.
@@ -124,7 +125,8 @@ class Attempt:
         self._shipper: LogShipper | None = None
         self._kills: set[asyncio.Task[None]] = set()
         self._running_reported = False
-        self._start_time: float | None = None
+        # States entered and not reported yet, with when (reported with the next report).
+        self._unreported: dict[int, float] = {}
 
     @property
     def stopping(self) -> bool:
@@ -179,31 +181,27 @@ class Attempt:
             await self._run_exec(spec)
 
     async def _run_exec(self, spec: job_pb2.JobSpec) -> None:
-        # VALIDATING is reported while the work dir is made (nothing runs before its answer).
-        validating = asyncio.create_task(self._update(job_pb2.JOB_STATE_VALIDATING))
-        try:
-            problem = spec_problem(spec)
-            prepared: Exception | None = None
-            if problem is None:
-                try:
-                    await asyncio.to_thread(self._prepare, spec)
-                except (OSError, InvalidPathError) as error:
-                    prepared = error
-            await validating
-        finally:
-            validating.cancel()  # a no-op once it is done
+        self._enter(job_pb2.JOB_STATE_VALIDATING)
+        problem = spec_problem(spec)
         if problem is not None:
             logger.info("attempt %s/%s: rejected: %s", *self._ids(), problem)
+            await self._update(job_pb2.JOB_STATE_VALIDATING)
             await self._update(job_pb2.JOB_STATE_VALIDATING, problem, reject=True)
             return
-        if prepared is not None:
-            await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {prepared}")
+        try:
+            await asyncio.to_thread(self._prepare, spec)
+        except (OSError, InvalidPathError) as error:
+            await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {error}")
             return
         if await self._stopped_before_start():
             return
-        await self._update(job_pb2.JOB_STATE_RUNNING)
         timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
-        result = await self._execute(spec, timeout or None)
+        self._enter(job_pb2.JOB_STATE_RUNNING)
+        running = asyncio.create_task(self._report_running_after(_RUNNING_REPORT_DELAY))
+        try:
+            result = await self._execute(spec, timeout or None)
+        finally:
+            await self._settle_running_report(running)
         if result is None or self._stop_reason in _SILENT:
             return
         if self._stop_reason == SHUTDOWN:
@@ -240,19 +238,14 @@ class Attempt:
         if await self._stopped_before_start():
             return
         # RUNNING is reported once the call has run a moment; a call that ends sooner is
-        # reported with its outcome, in one write (outputs need the RUNNING state to upload).
-        started = time.time()
-        running = None
-        if spec.outputs:
-            await self._update(job_pb2.JOB_STATE_RUNNING)
-        else:
-            running = asyncio.create_task(self._report_running_after(_RUNNING_REPORT_DELAY))
+        # reported with its outcome, in one write.
+        self._enter(job_pb2.JOB_STATE_RUNNING)
+        running = asyncio.create_task(self._report_running_after(_RUNNING_REPORT_DELAY))
         timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
         try:
             result = await self._call(fn, spec.function.args_json, timeout or None)
         finally:
-            if running is not None and not await self._settle_running_report(running):
-                self._start_time = started
+            await self._settle_running_report(running)
         if result is None:
             await self._after_interrupted_call(timeout)
             return
@@ -274,15 +267,31 @@ class Attempt:
         self._running_reported = True
         await self._update(job_pb2.JOB_STATE_RUNNING)
 
-    async def _settle_running_report(self, report: asyncio.Task[None]) -> bool:
-        """Whether RUNNING was reported; a report not yet begun is called off."""
+    async def _settle_running_report(self, report: asyncio.Task[None]) -> None:
+        """Calls off a RUNNING report not yet begun (the next report carries it); waits for
+        one under way."""
         if not self._running_reported:
             report.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await report
-            return False
+            return
         await report  # its failure (a fenced attempt, say) is the attempt's failure
-        return True
+
+    def _enter(self, state: job_pb2.JobState) -> None:
+        """Notes that the attempt entered ``state`` now; the next report tells the server."""
+        self._unreported[state] = time.time()
+
+    def _add_unreported(
+        self,
+        request: agent_service_pb2.UpdateJobStatusRequest | agent_service_pb2.CompleteJobRequest,
+    ) -> None:
+        for state, at in self._unreported.items():
+            field = (
+                request.validate_time
+                if state == job_pb2.JOB_STATE_VALIDATING
+                else request.start_time
+            )
+            field.FromNanoseconds(int(at * 1e9))
 
     async def _call(
         self, fn: Callable[..., Any], args_json: str, timeout: float | None
@@ -414,11 +423,13 @@ class Attempt:
             message=message,
             reject=reject,
         )
+        self._add_unreported(request)
         timeout = self._config.rpc_timeout
         await call_with_retry(
             lambda: self._stub.UpdateJobStatus(request, timeout=timeout),
             what=f"{self.key.job_id}/{self.key.attempt} {job_pb2.JobState.Name(state)}",
         )
+        self._unreported.clear()
 
     async def _complete(
         self,
@@ -439,8 +450,7 @@ class Attempt:
             not_retryable=not_retryable,
             result_json=result_json,
         )
-        if self._start_time is not None:
-            request.start_time.FromNanoseconds(int(self._start_time * 1e9))
+        self._add_unreported(request)
         timeout = self._config.rpc_timeout
         response = await call_with_retry(
             lambda: self._stub.CompleteJob(request, timeout=timeout),

@@ -108,6 +108,17 @@ def _fits(job: job_pb2.Job, agent: agent_pb2.Agent, used: job_pb2.Resources) -> 
     return not (need.gpu and used.gpu + need.gpu > cap.gpu)
 
 
+def _clamped(job: job_pb2.Job, at: float, now: float) -> float:
+    """An agent's time for a status, kept between the previous status's and now (agents'
+    clocks drift; the history stays in order)."""
+    previous = job.history[-1].time.ToNanoseconds() / 1e9 if job.history else 0.0
+    return max(min(at, now), previous)
+
+
+def _state_word(state: int) -> str:
+    return S.Name(state).removeprefix("JOB_STATE_").lower()
+
+
 class Agents:
     """The agent side of the lifecycle."""
 
@@ -366,9 +377,18 @@ class Agents:
         return _check_fence(await tx.get_job(fence.job_id), fence)
 
     async def update_status(
-        self, fence: Fence, state: int, message: str, reject: bool
+        self,
+        fence: Fence,
+        state: int,
+        message: str,
+        reject: bool,
+        passed: dict[int, float] | None = None,
     ) -> job_pb2.Job:
-        """VALIDATING -> RUNNING -> UPLOADING, or a rejection back to the queue."""
+        """VALIDATING -> RUNNING -> UPLOADING, or a rejection back to the queue.
+
+        ``passed`` maps VALIDATING and RUNNING to when the attempt entered them, for states
+        it did not report (see ``_catch_up``); the reported state's own time, if given there.
+        """
         limits = self._settings.limits
         if len(message) > limits.max_reason_chars:
             raise InvalidArgument.single("message", f"is over {limits.max_reason_chars} characters")
@@ -407,23 +427,51 @@ class Agents:
                 return job
             if job.state == state:
                 return job  # a repeat is harmless
+            passed = passed or {}
+            caught_up = self._catch_up(stored, passed, now=now, actor=actor, until=state)
             if job.state not in AGENT_UPDATE_STATES[state]:
                 raise FailedPrecondition(
                     f"job {job.id} is {S.Name(job.state)}; it cannot move to {S.Name(state)}",
                     reason="INVALID_TRANSITION",
                 )
-            if state == S.JOB_STATE_RUNNING and job.spec.HasField("timeout"):
-                timeout = job.spec.timeout.ToTimedelta().total_seconds()
-                stored.deadline = now + timeout + self._settings.timeout_grace
+            at = _clamped(job, passed[state], now) if state in passed else now
+            self._entering(stored, state, at)
+            await record_events(tx, caught_up)
             await change_state(
-                tx,
-                stored,
-                state,
-                now=now,
-                message=message or S.Name(state).removeprefix("JOB_STATE_").lower(),
-                actor=actor,
+                tx, stored, state, now=at, message=message or _state_word(state), actor=actor
             )
         return job
+
+    def _entering(self, stored: StoredJob, state: int, at: float) -> None:
+        """What entering ``state`` at ``at`` sets besides the status: RUNNING starts the
+        server's clock on the job's timeout."""
+        if state == S.JOB_STATE_RUNNING and stored.job.spec.HasField("timeout"):
+            timeout = stored.job.spec.timeout.ToTimedelta().total_seconds()
+            stored.deadline = at + timeout + self._settings.timeout_grace
+
+    def _catch_up(
+        self, stored: StoredJob, passed: dict[int, float], *, now: float, actor: str, until: int
+    ) -> list[tuple[StoredJob, job_pb2.JobEvent]]:
+        """Applies the statuses an attempt went through without reporting them (VALIDATING,
+        then RUNNING, those before ``until``) at the times its agent gives; their events, to
+        record before the reported change's.
+
+        A short run reports them with its next report instead of one call each: the history
+        is the same, with the agent's times, and the server is spared a write per status.
+        """
+        events: list[tuple[StoredJob, job_pb2.JobEvent]] = []
+        changed = job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
+        for state in (S.JOB_STATE_VALIDATING, S.JOB_STATE_RUNNING):
+            if state == until:
+                break
+            if state not in passed or stored.job.state not in AGENT_UPDATE_STATES[state]:
+                continue
+            at = _clamped(stored.job, passed[state], now)
+            word = _state_word(state)
+            self._entering(stored, state, at)
+            apply_state(stored, state, now=at, message=word, actor=actor)
+            events.append((stored, state_event(stored, changed, now=at, message=word, actor=actor)))
+        return events
 
     async def push_log(self, fence: Fence, chunk: job_pb2.LogChunk) -> tuple[bool, int, int]:
         """Stores one chunk unless already stored; (accepted, stdout_size, stderr_size)."""
@@ -495,12 +543,12 @@ class Agents:
         not_retryable: bool,
         result_json: str = "",
         *,
-        started: float | None = None,
+        passed: dict[int, float] | None = None,
     ) -> tuple[bool, job_pb2.Job]:
         """Records the attempt's outcome exactly once; a repeat answers accepted again.
 
-        ``started`` is when an attempt that never reported RUNNING started: RUNNING is
-        recorded at that time first.
+        ``passed`` maps VALIDATING and RUNNING to when an attempt that did not report them
+        entered them: they are recorded at those times first (``_catch_up``).
         """
         limits = self._settings.limits
         if state not in (S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED):
@@ -532,12 +580,9 @@ class Agents:
             stored = _check_fence(stored, fence)
             job = stored.job
             actor = await self._agent_actor(tx, job.agent_id)
-            if started is not None and job.state in AGENT_UPDATE_STATES[S.JOB_STATE_RUNNING]:
-                # Between the previous status and now, whatever the agent's clock says.
-                previous = job.history[-1].time.ToNanoseconds() / 1e9 if job.history else 0.0
-                at = max(min(started, now), previous)
-                await change_state(
-                    tx, stored, S.JOB_STATE_RUNNING, now=at, message="running", actor=actor
+            if passed:
+                await record_events(
+                    tx, self._catch_up(stored, passed, now=now, actor=actor, until=state)
                 )
             if exit_code is not None:
                 job.exit_code = exit_code

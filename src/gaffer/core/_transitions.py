@@ -52,6 +52,8 @@ def _touched(tx: Transaction, stored: StoredJob) -> None:
 
 async def record_events(tx: Transaction, events: list[tuple[StoredJob, job_pb2.JobEvent]]) -> None:
     """Appends several events in one go (each job's event built by ``state_event``)."""
+    if not events:
+        return
     await tx.append_events([(stored.tenant, event) for stored, event in events])
     for stored, _ in events:
         _touched(tx, stored)

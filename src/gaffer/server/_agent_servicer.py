@@ -14,7 +14,7 @@ from gaffer.domain import (
 from gaffer.server._convert import timestamp_seconds, wait_seconds
 from gaffer.server._handlers import Ctx, call_budget
 from gaffer.store import StoredJob
-from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
+from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 pb = agent_service_pb2
 MAX_WAIT = 300.0
@@ -27,6 +27,18 @@ def _fence(job_id: str, attempt: int, lease_token: str, limits: Limits) -> Fence
     if not lease_token:
         raise InvalidArgument.single("lease_token", "is required")
     return Fence(job_id, attempt, lease_token)
+
+
+def _passed(request: pb.UpdateJobStatusRequest | pb.CompleteJobRequest) -> dict[int, float]:
+    """When the attempt entered the states its agent reports late (validate_time, start_time)."""
+    passed: dict[int, float] = {}
+    for state, field in (
+        (job_pb2.JOB_STATE_VALIDATING, "validate_time"),
+        (job_pb2.JOB_STATE_RUNNING, "start_time"),
+    ):
+        if request.HasField(field):
+            passed[state] = timestamp_seconds(getattr(request, field), field)
+    return passed
 
 
 def _assignment(stored: StoredJob, expires: float) -> pb.JobAssignment:
@@ -80,7 +92,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> pb.UpdateJobStatusResponse:
         fence = _fence(request.job_id, request.attempt, request.lease_token, self._limits)
         job = await self._agents.update_status(
-            fence, request.state, request.message, request.reject
+            fence, request.state, request.message, request.reject, _passed(request)
         )
         return pb.UpdateJobStatusResponse(job=job)
 
@@ -132,9 +144,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             request.message,
             request.not_retryable,
             request.result_json,
-            started=timestamp_seconds(request.start_time, "start_time")
-            if request.HasField("start_time")
-            else None,
+            passed=_passed(request),
         )
         return pb.CompleteJobResponse(accepted=accepted, job=job)
 

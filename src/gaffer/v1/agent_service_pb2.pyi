@@ -166,20 +166,24 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class UpdateJobStatusRequest(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "state", "message", "reject")
+    __slots__ = ("job_id", "attempt", "lease_token", "state", "message", "reject", "validate_time", "start_time")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
     state: _job_pb2.JobState
     message: str
     reject: bool
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., message: _Optional[str] = ..., reject: _Optional[bool] = ...) -> None: ...
+    validate_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., message: _Optional[str] = ..., reject: _Optional[bool] = ..., validate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UpdateJobStatusResponse(_message.Message):
     __slots__ = ("job",)
@@ -242,7 +246,7 @@ class UploadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[_job_pb2.Artifact, _Mapping]] = ...) -> None: ...
 
 class CompleteJobRequest(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "state", "exit_code", "message", "not_retryable", "result_json", "start_time")
+    __slots__ = ("job_id", "attempt", "lease_token", "state", "exit_code", "message", "not_retryable", "result_json", "start_time", "validate_time")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +256,7 @@ class CompleteJobRequest(_message.Message):
     NOT_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
@@ -261,7 +266,8 @@ class CompleteJobRequest(_message.Message):
     not_retryable: bool
     result_json: str
     start_time: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ..., result_json: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    validate_time: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ..., result_json: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompleteJobResponse(_message.Message):
     __slots__ = ("accepted", "job")
