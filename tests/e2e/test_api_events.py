@@ -165,6 +165,33 @@ def test_all_jobs_stream_with_label_filter_sees_only_matching_jobs(api: Api) -> 
     assert rest == seen[4:]
 
 
+def test_a_states_filter_selects_events_by_their_own_state(api: Api) -> None:
+    """Whatever the job's state when the stream reads: live, and from history, the same."""
+    agent = api.agent("st")
+    running_only = jpb.JobFilter(states=[S.JOB_STATE_RUNNING, S.JOB_STATE_FAILED])
+    live = open_events(api, filter=running_only)
+    ok = api.submit(["true"], queue="st")
+    bad = api.submit(["false"], queue="st")
+    by_id = {x.job.id: x for x in agent.claim(2)}
+    agent.finish(by_id[ok.id])  # RUNNING, then COMPLETED: only its RUNNING event matches
+    agent.start(by_id[bad.id])
+    agent.complete(by_id[bad.id], S.JOB_STATE_FAILED, 1)
+
+    expected = [
+        (ok.id, S.JOB_STATE_RUNNING),
+        (bad.id, S.JOB_STATE_RUNNING),
+        (bad.id, S.JOB_STATE_FAILED),
+    ]
+    seen = [next_event(live) for _ in expected]
+    live.cancel()  # type: ignore[attr-defined]
+    assert [(e.job_id, e.state) for e in seen] == expected
+    assert_increasing(seen)
+    replay = open_events(api, filter=running_only, after_sequence=0)
+    again = [next_event(replay) for _ in expected]
+    replay.cancel()  # type: ignore[attr-defined]
+    assert again == seen
+
+
 def test_from_now_skips_history(api: Api) -> None:
     agent = api.agent("now")
     job = api.submit(["true"], queue="now")

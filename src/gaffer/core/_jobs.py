@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gaffer.core._context import Caller, CoreSettings
@@ -248,7 +248,9 @@ class Jobs:
 
         Following one job, the stream ends after the job's final event. Following every job
         (no filter), live events come from the shared EventTail instead of the store, already
-        encoded (a TailSlice).
+        encoded (a TailSlice). A filter's states select events by the state each event
+        carries (the job's state when it happened), not by the job's state now: what a
+        stream sends does not depend on when it reads.
         """
         if after_sequence < 0:
             raise InvalidArgument.single("after_sequence", "must not be negative")
@@ -257,6 +259,8 @@ class Jobs:
                 "from_now", "cannot be combined with after_sequence; pick one start"
             )
         shared = not job_id and not history_only and (query is None or query == JobQuery())
+        states = frozenset(query.states) if query is not None else frozenset()
+        job_query = replace(query, states=()) if query is not None and states else query
         topic = job_topic(job_id) if job_id else EVENTS_TOPIC
         following = self._tail.following() if shared else contextlib.nullcontext()
         with self._notifier.subscribe(topic) as sub, following:
@@ -300,7 +304,7 @@ class Jobs:
                     after_seq=after_sequence,
                     limit=_EVENT_BATCH,
                     job_id=job_id,
-                    query=query,
+                    query=job_query,
                 )
                 if batch:
                     final = next((i for i, e in enumerate(batch) if job_id and _ends(e)), None)
@@ -308,6 +312,12 @@ class Jobs:
                         yield batch[: final + 1]
                         return
                     after_sequence = batch[-1].sequence
+                    if states:
+                        batch = [e for e in batch if e.state in states]
+                        if not batch:  # read on past events of other states
+                            if idle.due():
+                                yield after_sequence
+                            continue
                     idle.sent()
                     yield batch
                     continue
