@@ -18,6 +18,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 LISTENING = re.compile(r"listening on (\S+)")
+#: What a server started with ``--metrics-listen`` prints: the endpoint's address.
+METRICS = re.compile(r"metrics on http://(\S+)/metrics")
 
 
 def wait_until(
@@ -148,3 +150,19 @@ class AgentProc(Proc):
         proc.name = name
         proc.wait_for_line(re.compile(r"registered"))
         return proc
+
+
+async def scrape(address: str) -> dict[str, float]:
+    """A server's metrics from its Prometheus text endpoint, by name with labels."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    body = (await reader.read()).decode()
+    writer.close()
+    assert body.startswith("HTTP/1.0 200"), body
+    values: dict[str, float] = {}
+    for line in body.split("\r\n\r\n", 1)[1].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split()
+            values[name] = float(value)
+    return values

@@ -13,6 +13,7 @@ from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
 from tests.e2e.conftest import CALL_TIMEOUT, Api, HandAgent
+from tests.e2e.pg_fixtures import pg_database_fixture, server_both_stores  # noqa: F401
 
 S = job_pb2.JobState
 

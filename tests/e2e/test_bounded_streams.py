@@ -9,7 +9,6 @@ its ``--metrics-listen`` endpoint.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from gaffer.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.e2e.conftest import Api
-from tests.helpers import ServerProc, wait_until_async
+from tests.helpers import METRICS, ServerProc, scrape, wait_until_async
 
 jpb = job_service_pb2
 MiB = 1024 * 1024
@@ -28,7 +27,6 @@ WAVE = 1_000  # streams open at once; WAVES * WAVE = 10,000
 CHANNELS = 4
 NOTICE_WITHIN = 1.0
 RSS_SLACK = 30 * MiB
-METRICS = re.compile(r"metrics on http://(\S+)/metrics")
 
 
 def rss(pid: int) -> int:
@@ -37,22 +35,6 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-async def scrape(address: str) -> dict[str, float]:
-    """The server's gauges, from its Prometheus text endpoint."""
-    host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-    body = (await reader.read()).decode()
-    writer.close()
-    assert body.startswith("HTTP/1.0 200"), body
-    values: dict[str, float] = {}
-    for line in body.split("\r\n\r\n", 1)[1].splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.split()
-            values[name] = float(value)
-    return values
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from gaffer.agent._attempt import Attempt
+from gaffer.agent._completions import Completions
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import AgentError
 from gaffer.agent._functions import builtin_functions
@@ -112,6 +113,7 @@ class _Agent:
             channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             async with channel:
                 self._stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+                self._completions = Completions(self._stub, self._config.rpc_timeout)
                 await self._serve(stop)
         finally:
             if temp_root is not None:
@@ -283,7 +285,9 @@ class _Agent:
                 self._start(assignment)
 
     def _start(self, assignment: agent_service_pb2.JobAssignment) -> None:
-        attempt = Attempt(self._stub, self._config, assignment, self._root, self._functions)
+        attempt = Attempt(
+            self._stub, self._config, assignment, self._root, self._functions, self._completions
+        )
         key = (attempt.key.job_id, attempt.key.attempt)
         if key in self._tasks:
             logger.warning("attempt %s/%s assigned twice; ignoring the repeat", *key)

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from gaffer.agent._artifacts import upload_artifacts
+from gaffer.agent._completions import Completions
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import Fenced
 from gaffer.agent._functions import CallOutcome, call_function, work_dir_var
@@ -109,8 +110,11 @@ class Attempt:
         assignment: agent_service_pb2.JobAssignment,
         work_root: Path,
         functions: Mapping[str, Callable[..., Any]] | None = None,
+        completions: Completions | None = None,
     ) -> None:
         self._stub = stub
+        # The agent's, shared by its attempts (outcomes that come together go in one call).
+        self._completions = completions or Completions(stub, config.rpc_timeout)
         self._config = config
         self._functions = functions if functions is not None else config.functions
         self._job = assignment.job
@@ -451,9 +455,8 @@ class Attempt:
             result_json=result_json,
         )
         self._add_unreported(request)
-        timeout = self._config.rpc_timeout
         response = await call_with_retry(
-            lambda: self._stub.CompleteJob(request, timeout=timeout),
+            lambda: self._completions.complete(request),
             what=f"{self.key.job_id}/{self.key.attempt} complete",
         )
         self._completed = True

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+
+import grpc
 
 from gaffer.core import Agents, Fence
 from gaffer.domain import (
@@ -12,6 +15,7 @@ from gaffer.domain import (
     require_id,
 )
 from gaffer.server._convert import timestamp_seconds, wait_seconds
+from gaffer.server._errors import STATUS_OF, classify
 from gaffer.server._handlers import Ctx, call_budget
 from gaffer.store import StoredJob
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
@@ -136,6 +140,33 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def CompleteJob(
         self, request: pb.CompleteJobRequest, context: Ctx
     ) -> pb.CompleteJobResponse:
+        return await self._complete(request)
+
+    async def CompleteJobs(
+        self, request: pb.CompleteJobsRequest, context: Ctx
+    ) -> pb.CompleteJobsResponse:
+        most = self._limits.max_claim_jobs
+        if not 1 <= len(request.outcomes) <= most:
+            raise InvalidArgument.single("outcomes", f"must hold 1 to {most} outcomes")
+        # Side by side: on SQLite their writes share one commit.
+        results = await asyncio.gather(*(self._complete_one(o) for o in request.outcomes))
+        return pb.CompleteJobsResponse(results=results)
+
+    async def _complete_one(self, request: pb.CompleteJobRequest) -> pb.CompleteJobResult:
+        """One outcome of a CompleteJobs; a refusal is its result (a bug fails the call)."""
+        try:
+            response = await self._complete(request)
+        except Exception as exc:
+            error = classify(exc)
+            if error is None:
+                raise
+            code = STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
+            return pb.CompleteJobResult(
+                code=code.value[0], message=error.message, reason=error.reason
+            )
+        return pb.CompleteJobResult(response=response)
+
+    async def _complete(self, request: pb.CompleteJobRequest) -> pb.CompleteJobResponse:
         fence = _fence(request.job_id, request.attempt, request.lease_token, self._limits)
         accepted, job = await self._agents.complete(
             fence,

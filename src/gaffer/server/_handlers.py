@@ -106,28 +106,31 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(details.method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler)
+        wrapped = self._wrap(handler, details.method)
         self._wrapped[details.method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, handler: Any) -> Any:
+    def _wrap(self, handler: Any, method: str) -> Any:
         changes: dict[str, Any] = {
             "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": _passing_bytes(handler.response_serializer),
         }
         if handler.unary_unary is not None:
-            changes["unary_unary"] = self._unary(handler.unary_unary, streaming_in=False)
+            changes["unary_unary"] = self._unary(handler.unary_unary, method, streaming_in=False)
         elif handler.stream_unary is not None:
-            changes["stream_unary"] = self._unary(handler.stream_unary, streaming_in=True)
+            changes["stream_unary"] = self._unary(handler.stream_unary, method, streaming_in=True)
         elif handler.unary_stream is not None:
-            changes["unary_stream"] = self._stream(handler.unary_stream, streaming_in=False)
+            changes["unary_stream"] = self._stream(handler.unary_stream, method, streaming_in=False)
         elif handler.stream_stream is not None:
-            changes["stream_stream"] = self._stream(handler.stream_stream, streaming_in=True)
+            changes["stream_stream"] = self._stream(
+                handler.stream_stream, method, streaming_in=True
+            )
         return handler._replace(**changes)
 
     @contextlib.contextmanager
-    def _counted(self, stream: bool) -> Any:
+    def _counted(self, method: str, stream: bool) -> Any:
         metrics = self._metrics
+        metrics.calls[method] = metrics.calls.get(method, 0) + 1
         metrics.rpcs_in_flight += 1
         metrics.open_streams += stream
         try:
@@ -136,9 +139,11 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             metrics.rpcs_in_flight -= 1
             metrics.open_streams -= stream
 
-    def _unary(self, behavior: Callable[..., Any], *, streaming_in: bool) -> Callable[..., Any]:
+    def _unary(
+        self, behavior: Callable[..., Any], method: str, *, streaming_in: bool
+    ) -> Callable[..., Any]:
         async def call(request: Any, context: Ctx) -> Any:
-            with self._counted(stream=False):
+            with self._counted(method, stream=False):
                 try:
                     return await behavior(_decoded(request, streaming_in), context)
                 except _PASS_THROUGH:
@@ -148,11 +153,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
-    def _stream(self, behavior: Callable[..., Any], *, streaming_in: bool) -> Callable[..., Any]:
+    def _stream(
+        self, behavior: Callable[..., Any], method: str, *, streaming_in: bool
+    ) -> Callable[..., Any]:
         if not inspect.isasyncgenfunction(behavior):
             # Writes with context.write() and returns (the health Watch does).
             async def write_call(request: Any, context: Ctx) -> Any:
-                with self._counted(stream=True):
+                with self._counted(method, stream=True):
                     try:
                         return await behavior(_decoded(request, streaming_in), context)
                     except _PASS_THROUGH:
@@ -166,7 +173,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             # Each yield waits until grpc has sent the message, which HTTP/2 flow control holds
             # back while the reader is slow: a stream buffers at most one batch of its own, and
             # the transport at most the reader's window (tests/e2e/test_bounded_slow_reader.py).
-            with self._counted(stream=True):
+            with self._counted(method, stream=True):
                 try:
                     items_of = behavior(_decoded(request, streaming_in), context)
                     async with contextlib.aclosing(items_of) as items:

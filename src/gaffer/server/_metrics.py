@@ -1,8 +1,8 @@
 """A few live gauges, served in Prometheus text format by a tiny stdlib HTTP/1.0 responder.
 
-Only what the server can count cheaply in-process: calls in flight, open server streams,
-Notifier subscriptions and whether the store answers. ``GET /metrics`` answers; anything else
-is 404 (405 for another method).
+Only what the server can count cheaply in-process: calls received by method, calls in
+flight, open server streams, Notifier subscriptions and whether the store answers.
+``GET /metrics`` answers; anything else is 404 (405 for another method).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class Metrics:
     open_streams: int = 0
     store_up: int = 1
     extra: dict[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
+    #: Calls received since start, by full method name.
+    calls: dict[str, int] = field(default_factory=dict)
 
     def render(self) -> str:
         gauges: list[tuple[str, str, float]] = [
@@ -42,6 +44,14 @@ class Metrics:
         lines: list[str] = []
         for name, doc, value in gauges:
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        lines += [
+            "# HELP gaffer_rpcs_total Calls received since start, by method.",
+            "# TYPE gaffer_rpcs_total counter",
+        ]
+        lines += [
+            f'gaffer_rpcs_total{{method="{method}"}} {count}'
+            for method, count in sorted(self.calls.items())
+        ]
         return "\n".join(lines) + "\n"
 
 

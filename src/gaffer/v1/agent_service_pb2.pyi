@@ -277,6 +277,30 @@ class CompleteJobResponse(_message.Message):
     job: _job_pb2.Job
     def __init__(self, accepted: _Optional[bool] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
+class CompleteJobsRequest(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[CompleteJobRequest]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[CompleteJobRequest, _Mapping]]] = ...) -> None: ...
+
+class CompleteJobsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CompleteJobResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CompleteJobResult, _Mapping]]] = ...) -> None: ...
+
+class CompleteJobResult(_message.Message):
+    __slots__ = ("code", "message", "reason", "response")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    reason: str
+    response: CompleteJobResponse
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., response: _Optional[_Union[CompleteJobResponse, _Mapping]] = ...) -> None: ...
+
 class ReleaseJobRequest(_message.Message):
     __slots__ = ("job_id", "attempt", "lease_token", "reason")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

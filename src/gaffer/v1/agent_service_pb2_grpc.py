@@ -72,6 +72,11 @@ class AgentServiceStub:
                 request_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobRequest.SerializeToString,
                 response_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobResponse.FromString,
                 _registered_method=True)
+        self.CompleteJobs = channel.unary_unary(
+                '/gaffer.v1.AgentService/CompleteJobs',
+                request_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsRequest.SerializeToString,
+                response_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsResponse.FromString,
+                _registered_method=True)
         self.ReleaseJob = channel.unary_unary(
                 '/gaffer.v1.AgentService/ReleaseJob',
                 request_serializer=gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobRequest.SerializeToString,
@@ -144,6 +149,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteJobs(self, request, context):
+        """Finishes several attempts in one call (an agent whose attempts end together): each
+        outcome is taken as CompleteJob would take it, on its own; one refused does not stop
+        the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseJob(self, request, context):
         """Hands an attempt back (the agent is stopping): the job is queued again at once.
         """
@@ -202,6 +216,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.CompleteJob,
                     request_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobRequest.FromString,
                     response_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobResponse.SerializeToString,
+            ),
+            'CompleteJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteJobs,
+                    request_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsRequest.FromString,
+                    response_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsResponse.SerializeToString,
             ),
             'ReleaseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseJob,
@@ -411,6 +430,33 @@ class AgentService:
             '/gaffer.v1.AgentService/CompleteJob',
             gaffer_dot_v1_dot_agent__service__pb2.CompleteJobRequest.SerializeToString,
             gaffer_dot_v1_dot_agent__service__pb2.CompleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gaffer.v1.AgentService/CompleteJobs',
+            gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsRequest.SerializeToString,
+            gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
