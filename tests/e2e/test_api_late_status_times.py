@@ -103,14 +103,23 @@ def times_after_claim(a: apb.JobAssignment) -> tuple[float, float]:
     return claimed + 0.001, claimed + 0.002
 
 
-def test_complete_records_validating_and_running_at_their_times(api: Api) -> None:
-    agent = HandAgent.register(api, "folded", ["default"], 1)
+def claimed_late(api: Api, name: str, request: Any) -> tuple[HandAgent, Any, float, float]:
+    """A claimed attempt and ``request`` for it, carrying a validate_time and a start_time
+    between the claim and now (also returned)."""
+    agent = HandAgent.register(api, name, ["default"], 1)
     api.submit(["true"])
     a = agent.claim_one()
     validated, started = times_after_claim(a)
-    request = fenced(agent, a, apb.CompleteJobRequest(state=S.JOB_STATE_COMPLETED))
+    request = fenced(agent, a, request)
     set_time(request.validate_time, validated)
     set_time(request.start_time, started)
+    return agent, request, validated, started
+
+
+def test_complete_records_validating_and_running_at_their_times(api: Api) -> None:
+    agent, request, validated, started = claimed_late(
+        api, "folded", apb.CompleteJobRequest(state=S.JOB_STATE_COMPLETED)
+    )
     job = agent.api.agents.CompleteJob(request, timeout=CALL_TIMEOUT).job
     assert states(job) == [
         S.JOB_STATE_PENDING,
@@ -129,13 +138,9 @@ def test_complete_records_validating_and_running_at_their_times(api: Api) -> Non
 
 
 def test_a_running_report_catches_up_validating_and_takes_its_start_time(api: Api) -> None:
-    agent = HandAgent.register(api, "late-running", ["default"], 1)
-    api.submit(["true"])
-    a = agent.claim_one()
-    validated, started = times_after_claim(a)
-    request = fenced(agent, a, apb.UpdateJobStatusRequest(state=S.JOB_STATE_RUNNING))
-    set_time(request.validate_time, validated)
-    set_time(request.start_time, started)
+    agent, request, validated, started = claimed_late(
+        api, "late-running", apb.UpdateJobStatusRequest(state=S.JOB_STATE_RUNNING)
+    )
     job = agent.api.agents.UpdateJobStatus(request, timeout=CALL_TIMEOUT).job
     assert states(job)[-3:] == [S.JOB_STATE_CLAIMED, S.JOB_STATE_VALIDATING, S.JOB_STATE_RUNNING]
     assert abs(job.history[-2].time.ToNanoseconds() / 1e9 - validated) < 0.001
@@ -144,12 +149,9 @@ def test_a_running_report_catches_up_validating_and_takes_its_start_time(api: Ap
 
 
 def test_an_uploading_report_catches_up_both(api: Api) -> None:
-    agent = HandAgent.register(api, "late-upload", ["default"], 1)
-    api.submit(["true"])
-    a = agent.claim_one()
-    request = fenced(agent, a, apb.UpdateJobStatusRequest(state=S.JOB_STATE_UPLOADING))
-    set_time(request.validate_time, time.time())
-    set_time(request.start_time, time.time())
+    agent, request, _, _ = claimed_late(
+        api, "late-upload", apb.UpdateJobStatusRequest(state=S.JOB_STATE_UPLOADING)
+    )
     job = agent.api.agents.UpdateJobStatus(request, timeout=CALL_TIMEOUT).job
     assert states(job)[-4:] == [
         S.JOB_STATE_CLAIMED,
