@@ -50,9 +50,9 @@ FENCED = "fenced"
 _SILENT = {LOST, FENCED}
 #: Most bytes of a function's traceback written to the job's stderr.
 _MAX_TRACEBACK = 64 * 1024
-# A run (process or function call) still going after this long reports RUNNING; one that
-# ends sooner goes from CLAIMED to its outcome in one report, VALIDATING and RUNNING recorded
-# at the times they began (validate_time, start_time).
+# A function call still going after this long reports RUNNING; one that ends sooner goes
+# from CLAIMED to its outcome in one report, RUNNING recorded at the time it began
+# (start_time). Exec attempts report VALIDATING and RUNNING together once the process is up.
 _RUNNING_REPORT_DELAY = 0.02
 #: Calls given up on (timeout, cancel, stop) that have not ended yet: the loop holds tasks
 #: only weakly.
@@ -200,12 +200,21 @@ class Attempt:
         if await self._stopped_before_start():
             return
         timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
+        # RUNNING (with VALIDATING before it) is reported as soon as the process is up, while
+        # it runs; a process that is already done by then reports both with its outcome.
         self._enter(job_pb2.JOB_STATE_RUNNING)
-        running = asyncio.create_task(self._report_running_after(_RUNNING_REPORT_DELAY))
+        reports: list[asyncio.Task[None]] = []
         try:
-            result = await self._execute(spec, timeout or None)
+            result = await self._execute(
+                spec,
+                timeout or None,
+                on_started=lambda: reports.append(
+                    asyncio.create_task(self._report_running_after(0.0))
+                ),
+            )
         finally:
-            await self._settle_running_report(running)
+            for report in reports:
+                await self._settle_running_report(report)
         if result is None or self._stop_reason in _SILENT:
             return
         if self._stop_reason == SHUTDOWN:
@@ -380,7 +389,12 @@ class Attempt:
             await self._complete(job_pb2.JOB_STATE_FAILED, self._stop_reason)
         return True
 
-    async def _execute(self, spec: job_pb2.JobSpec, limit: float | None) -> RunResult | None:
+    async def _execute(
+        self,
+        spec: job_pb2.JobSpec,
+        limit: float | None,
+        on_started: Callable[[], None] = lambda: None,
+    ) -> RunResult | None:
         """Runs the process with its logs shipped; None if it could not start."""
         shipper = LogShipper(
             self.key, lambda: self._stub.PushLogs(), on_fenced=lambda: self._stop(FENCED, 0.0)
@@ -408,6 +422,7 @@ class Attempt:
             await self._complete(job_pb2.JOB_STATE_FAILED, message)
             return None
         logger.info("attempt %s/%s: running pid %s", *self._ids(), self._process.pid)
+        on_started()
         if self._stop_reason is not None:  # stopped while the process was starting
             self._stop(self._stop_reason, 0.0)
         result = await self._process.wait()
