@@ -336,8 +336,9 @@ async def test_non_zero_exit_fails_with_its_exit_code(
 async def test_short_and_long_runs_keep_the_whole_history(
     server: ServerProc, api: Api, launch_agent: Any, seconds: float
 ) -> None:
-    """A run that ends at once reports VALIDATING and RUNNING with its outcome; a longer one
-    reports RUNNING while it runs. Either way the history is whole and in order."""
+    """VALIDATING and RUNNING are reported together once the process is up (with the outcome
+    when it is done by then); a longer run is seen RUNNING while it runs. Either way the
+    history is whole and in order."""
     await launch_agent(server.address)
     job = await api.submit(exec_spec("sleep", str(seconds)))
     if seconds:
