@@ -23,6 +23,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from gaffer.agent import AgentConfig, run_agent
+from gaffer.agent._attempt import Attempt
 from gaffer.server import RunningServer, ServerConfig, start_server
 from gaffer.v1 import (
     agent_service_pb2,
@@ -343,7 +344,7 @@ async def test_short_and_long_runs_keep_the_whole_history(
     job = await api.submit(exec_spec("sleep", str(seconds)))
     if seconds:
         await wait_until_async(
-            lambda: _state_is(api, job.id, S.JOB_STATE_RUNNING), timeout=10, what="RUNNING"
+            lambda: api.state_is(job.id, S.JOB_STATE_RUNNING), timeout=10, what="RUNNING"
         )
     job = await api.wait(job.id)
     assert [s for s, _ in history(job)] == [
@@ -359,8 +360,24 @@ async def test_short_and_long_runs_keep_the_whole_history(
     assert seconds <= ran < seconds + 5
 
 
-async def _state_is(api: Api, job_id: str, state: int) -> bool:
-    return (await api.get(job_id)).state == state
+async def test_a_refused_running_report_ends_the_run_at_once(
+    server: ServerProc, api: Api, tmp_path: Path
+) -> None:
+    """An attempt that is not current (here, a wrong lease token) has its RUNNING report,
+    sent once the process is up, refused: the process is killed then, not left to run."""
+    await api.submit(exec_spec("sleep", "60"))
+    register = apb.RegisterAgentRequest(name="stale", capacity=apb.Capacity(slots=1))
+    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
+    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
+    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
+    assignment.lease_token = "not-the-token"
+    attempt = Attempt(
+        api.agents, AgentConfig(server=server.address, name="stale"), assignment, tmp_path
+    )
+    started = time.monotonic()
+    await asyncio.wait_for(attempt.run(), timeout=20)
+    assert time.monotonic() - started < 10
+    assert attempt.stopping
 
 
 @pytest.mark.parametrize("field", ["outputs", "inputs"])

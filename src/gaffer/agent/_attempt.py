@@ -278,7 +278,11 @@ class Attempt:
     async def _report_running_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self._running_reported = True
-        await self._update(job_pb2.JOB_STATE_RUNNING)
+        try:
+            await self._update(job_pb2.JOB_STATE_RUNNING)
+        except Fenced:
+            self._stop(FENCED, 0.0)  # the run is no longer ours: end it now, not at its end
+            raise
 
     async def _settle_running_report(self, report: asyncio.Task[None]) -> None:
         """Calls off a RUNNING report not yet begun (the next report carries it); waits for
