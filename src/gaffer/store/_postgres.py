@@ -61,7 +61,7 @@ from gaffer.store._postgres_schema import MIGRATIONS
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
 from gaffer.store._rows import body_without_spec as _body_without_spec
-from gaffer.store._rows import event_from_row
+from gaffer.store._rows import event_from_row, job_changes
 from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.v1 import job_pb2
 
@@ -139,17 +139,7 @@ _UPDATE_JOB = (
 
 
 def _update_args(stored: StoredJob) -> tuple[Any, ...]:
-    job = stored.job
-    return (
-        job.state,
-        job.agent_id,
-        stored.lease_token,
-        stored.lease_expires,
-        stored.not_before,
-        stored.deadline,
-        _body_without_spec(job),
-        job.id,
-    )
+    return (*job_changes(stored), stored.job.id)
 
 
 class _PostgresTransaction(Transaction):

@@ -36,6 +36,21 @@ def body_without_spec(job: job_pb2.Job) -> bytes:
     return copy.SerializeToString()
 
 
+def job_changes(stored: StoredJob) -> tuple[Any, ...]:
+    """What an update rewrites, in this order: state, agent_id, lease_token, lease_expires,
+    not_before, deadline, body (without the spec)."""
+    job = stored.job
+    return (
+        job.state,
+        job.agent_id,
+        stored.lease_token,
+        stored.lease_expires,
+        stored.not_before,
+        stored.deadline,
+        body_without_spec(job),
+    )
+
+
 def event_from_row(seq: int, body: bytes) -> job_pb2.JobEvent:
     """An event as stored; its sequence number is the row's, not written in the body."""
     event = job_pb2.JobEvent.FromString(body)

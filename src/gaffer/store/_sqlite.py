@@ -41,7 +41,7 @@ from gaffer.store._notifier import Notifier
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
 from gaffer.store._rows import body_without_spec as _body_without_spec
-from gaffer.store._rows import event_from_row
+from gaffer.store._rows import event_from_row, job_changes
 from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.store._sqlite_schema import MIGRATIONS
 from gaffer.v1 import job_pb2
@@ -125,20 +125,10 @@ class _SqliteTransaction(Transaction):
         return _job_from_row(row) if row else None
 
     async def update_job(self, stored: StoredJob) -> None:
-        job = stored.job
         self._conn.execute(
             "UPDATE jobs SET state = ?, agent_id = ?, lease_token = ?, lease_expires = ?,"
             " not_before = ?, deadline = ?, body = ? WHERE seq = ?",
-            (
-                job.state,
-                job.agent_id,
-                stored.lease_token,
-                stored.lease_expires,
-                stored.not_before,
-                stored.deadline,
-                _body_without_spec(job),
-                stored.seq,
-            ),
+            (*job_changes(stored), stored.seq),
         )
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
