@@ -84,7 +84,7 @@ class _SqliteTransaction(Transaction):
         self.topics = Topics()
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(sql, params).fetchone()
+        return _fetchone(self._conn, sql, params)
 
     async def insert_job(self, stored: StoredJob) -> StoredJob:
         job = stored.job
@@ -183,8 +183,7 @@ class _SqliteTransaction(Transaction):
             " WHERE state IN (2,3,4,5) AND (lease_expires < ? OR (deadline > 0 AND deadline < ?))",
             (at_least, at_least, at_least, at_least),
         )
-        count = cursor.rowcount
-        return count
+        return int(cursor.rowcount)
 
     async def lapsed_jobs(self, now: float, limit: int) -> list[StoredJob]:
         rows = _fetchall(
@@ -256,6 +255,10 @@ def _log_sizes(conn: sqlite3.Connection, job_id: str, attempt: int) -> dict[int,
 
 def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
     return conn.execute(sql, params).fetchall()
+
+
+def _fetchone(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    return conn.execute(sql, params).fetchone()
 
 
 class SqliteStore(Store):
@@ -409,16 +412,17 @@ class SqliteStore(Store):
         await asyncio.to_thread(sync)
 
     async def any_pending(self, queues: Sequence[str], now: float) -> bool:
-        row = self._r.execute(
+        row = _fetchone(
+            self._r,
             f"SELECT 1 FROM jobs WHERE state = 1 AND queue IN ({','.join('?' * len(queues))})"
             " AND not_before <= ? LIMIT 1",
             (*queues, now),
-        ).fetchone()
+        )
         return row is not None
 
     async def get_job(self, job_id: str) -> StoredJob | None:
-        rows = _fetchall(self._r, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job_from_row(next(iter(rows))) if rows else None
+        row = _fetchone(self._r, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(row) if row else None
 
     async def list_jobs(
         self, tenant: str, query: JobQuery, *, newest_first: bool, after_seq: int, limit: int
@@ -480,8 +484,7 @@ class SqliteStore(Store):
         return [(tenant, event_from_row(seq, body)) for seq, tenant, body in rows]
 
     async def last_event_seq(self) -> int:
-        rows = _fetchall(self._r, "SELECT IFNULL(MAX(seq), 0) FROM events")
-        return int(rows[0][0])
+        return int(_fetchone(self._r, "SELECT IFNULL(MAX(seq), 0) FROM events")[0])
 
     async def read_logs(
         self, job_id: str, attempt: int, offsets: dict[int, int], max_bytes: int
@@ -557,10 +560,10 @@ class SqliteStore(Store):
         return [_agent_from_row(r) for r in rows]
 
     async def get_agent(self, agent_id: str) -> StoredAgent | None:
-        rows = _fetchall(
+        row = _fetchone(
             self._r, "SELECT last_heartbeat, body FROM agents WHERE id = ?", (agent_id,)
         )
-        return _agent_from_row(next(iter(rows))) if rows else None
+        return _agent_from_row(row) if row else None
 
     async def jobs_of_agent(self, agent_id: str) -> list[StoredJob]:
         rows = _fetchall(
