@@ -28,7 +28,6 @@ class OutcomeRefused(grpc.RpcError):
         super().__init__(result.message)
         self._code = _CODES.get(result.code, grpc.StatusCode.UNKNOWN)
         self._details = result.message
-        self.reason = result.reason
 
     def code(self) -> grpc.StatusCode:
         return self._code
