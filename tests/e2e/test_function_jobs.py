@@ -194,3 +194,15 @@ def test_a_quick_call_reports_running_with_its_outcome_and_a_slow_one_while_it_r
     slow = client.submit_function("gaffer.sleep", 30)
     wait_until(lambda: slow.get().state == JobState.RUNNING, what="RUNNING while it sleeps")
     slow.cancel()
+
+
+def test_submit_function_many_runs_each_call_and_keeps_the_order(client: SyncClient) -> None:
+    calls: list[list[int] | dict[str, int]] = [[i] for i in range(5)] + [{"n": 5}]
+    handles = client.submit_function_many("gaffer.echo", calls, labels={"batch": "yes"})
+    assert len({h.id for h in handles}) == 6
+    jobs = [h.wait(timeout=10) for h in handles]
+    assert [j.result for j in jobs] == calls
+    assert all(j.spec.labels == {"batch": "yes"} for j in jobs)
+    with pytest.raises(TypeError, match="request_id"):
+        client.submit_function_many("gaffer.echo", [[1]], request_id="one-for-all")
+    assert client.submit_function_many("gaffer.echo", []) == []

@@ -42,6 +42,8 @@ WAIT_SLICE = 30.0
 WAIT_GRACE = 10.0
 # Most jobs one ListJobs page may hold (the contract's maximum).
 MAX_PAGE_SIZE = 1000
+# Most jobs one SubmitJobs call may hold (the contract's maximum).
+MAX_SUBMIT_JOBS = 1000
 # Chunk size of ReadArtifact.
 ARTIFACT_CHUNK = 1 << 20
 
@@ -154,6 +156,31 @@ class ClientBase:
             spec=spec, request_id=request_id or new_request_id()
         )
 
+    @classmethod
+    def _exec_requests(
+        cls, argvs: Iterable[Sequence[str]], options: Mapping[str, Any]
+    ) -> list[job_service_pb2.SubmitJobRequest]:
+        """One SubmitJob request per argv, each with these options and its own request_id."""
+        _check_options(options, _EXEC_OPTIONS)
+        full = {**dict.fromkeys(_EXEC_OPTIONS), "priority": 0, **options}
+        return [cls._submit_request(argv, **full, request_id=None) for argv in argvs]
+
+    @classmethod
+    def _function_requests(
+        cls,
+        name: str,
+        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        options: Mapping[str, Any],
+    ) -> list[job_service_pb2.SubmitJobRequest]:
+        """One request per call: a sequence is positional arguments, a mapping keywords."""
+        _check_options(options, _FUNCTION_OPTIONS)
+        return [
+            cls._function_request(name, (), call, **options)
+            if isinstance(call, Mapping)
+            else cls._function_request(name, call, {}, **options)
+            for call in calls
+        ]
+
     @staticmethod
     def _list_request(
         *,
@@ -245,6 +272,31 @@ def frame_events(frame: job_service_pb2.StreamJobEventsResponse) -> Sequence[job
     if kind == "batch":
         return frame.batch.events
     return ()
+
+
+_EXEC_OPTIONS = frozenset(
+    {"env", "stdin", "labels", "queue", "priority", "timeout", "retry", "resources",
+     "node_selector", "inputs", "outputs"}
+)  # fmt: skip
+_FUNCTION_OPTIONS = frozenset({"labels", "queue", "priority", "timeout", "retry"})
+
+
+def _check_options(options: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(
+            f"unexpected option(s) {', '.join(unknown)}; each job gets its own request_id"
+            if "request_id" in unknown
+            else f"unexpected option(s) {', '.join(unknown)}"
+        )
+
+
+def submit_batches(
+    requests: Sequence[job_service_pb2.SubmitJobRequest],
+) -> Iterator[job_service_pb2.SubmitJobsRequest]:
+    """The requests in SubmitJobs calls of at most MAX_SUBMIT_JOBS jobs, in order."""
+    for start in range(0, len(requests), MAX_SUBMIT_JOBS):
+        yield job_service_pb2.SubmitJobsRequest(jobs=requests[start : start + MAX_SUBMIT_JOBS])
 
 
 def new_request_id() -> str:

@@ -20,6 +20,7 @@ from gaffer.client._base import (
     frame_events,
     read_request,
     retryable,
+    submit_batches,
 )
 from gaffer.client._convert import (
     Seconds,
@@ -248,6 +249,56 @@ class SyncClient(ClientBase):
         response = self._call(self._jobs.SubmitJob, "SubmitJob", request)
         job = job_from_proto(response.job)
         return SyncJobHandle(self, job.id, job=job, existing=response.existing)
+
+    def submit_many(self, argvs: Iterable[Sequence[str]], **options: Any) -> list[SyncJobHandle]:
+        """Submits one exec job per argv, all with the same options, in few SubmitJobs calls.
+
+        Each call carries up to 1,000 jobs and is stored whole or not at all; every job gets
+        its own request_id, so a retried call makes no second job.
+
+        Args:
+            argvs: One argv per job.
+            **options: Any option of :meth:`submit` but ``request_id``, for every job.
+
+        Returns:
+            A handle per job, in the order of ``argvs``.
+
+        Raises:
+            TypeError: An option :meth:`submit` does not take, or ``request_id``.
+            InvalidSpecError: A spec was refused; ``violations`` name ``jobs[i]`` within the
+                refused call, which stored nothing (jobs of earlier calls stay stored).
+        """
+        return self._submit_all(self._exec_requests(argvs, options))
+
+    def submit_function_many(
+        self, name: str, calls: Iterable[Sequence[Any] | Mapping[str, Any]], **options: Any
+    ) -> list[SyncJobHandle]:
+        """Submits one function job per call of ``name``, like a Celery group.
+
+        Args:
+            name: The name the callable was registered under on the agent.
+            calls: Each call's arguments: a sequence (positional) or a mapping (keywords).
+            **options: ``labels``, ``queue``, ``priority``, ``timeout`` or ``retry``.
+
+        Returns:
+            A handle per job, in the order of ``calls``.
+
+        Raises:
+            TypeError: Another option.
+            InvalidSpecError: As for :meth:`submit_many`.
+        """
+        return self._submit_all(self._function_requests(name, calls, options))
+
+    def _submit_all(
+        self, requests: Sequence[job_service_pb2.SubmitJobRequest]
+    ) -> list[SyncJobHandle]:
+        handles: list[SyncJobHandle] = []
+        for batch in submit_batches(requests):
+            response = self._call(self._jobs.SubmitJobs, "SubmitJobs", batch)
+            for result in response.results:
+                job = job_from_proto(result.job)
+                handles.append(SyncJobHandle(self, job.id, job=job, existing=result.existing))
+        return handles
 
     def submit_and_wait(
         self, argv: Sequence[str], *, wait_timeout: Seconds | None = None, **kwargs: Any

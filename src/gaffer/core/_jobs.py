@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -14,6 +14,7 @@ from gaffer.core._event_tail import EventTail, TailSlice
 from gaffer.core._transitions import change_state, insert_submitted, record_event, timestamp
 from gaffer.domain import (
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     OutOfRange,
@@ -33,6 +34,7 @@ from gaffer.store import (
     Notifier,
     Store,
     StoredJob,
+    Transaction,
     agent_topic,
     job_topic,
     logs_topic,
@@ -127,27 +129,77 @@ class Jobs:
         self, caller: Caller, spec: job_pb2.JobSpec, request_id: str, *, validate_only: bool
     ) -> tuple[job_pb2.Job, bool]:
         """Stores a job durably; returns (job, existing) where existing means a repeat."""
+        now = self._now()
+        job = self._new_job(spec, request_id, now)
+        if validate_only:
+            return job, False
+        async with self._store.transaction() as tx:
+            return await self._insert(tx, caller, job, now)
+
+    async def submit_many(
+        self,
+        caller: Caller,
+        requests: Sequence[job_service_pb2.SubmitJobRequest],
+        *,
+        validate_only: bool,
+    ) -> list[tuple[job_pb2.Job, bool]]:
+        """Stores several jobs in one transaction: all of them, or none when any is invalid.
+
+        The InvalidArgument lists every problem of every job, each field under ``jobs[i]``.
+        """
+        now = self._now()
+        jobs: list[job_pb2.Job] = []
+        violations: list[FieldViolation] = []
+        reasons: list[str] = []
+        for i, request in enumerate(requests):
+            problems: list[FieldViolation] = []
+            if request.validate_only:
+                problems.append(
+                    FieldViolation("validate_only", "must be unset here; set the request's")
+                )
+            if not request.HasField("spec"):
+                problems.append(FieldViolation("spec", "is required"))
+            else:
+                try:
+                    jobs.append(self._new_job(request.spec, request.request_id, now))
+                except InvalidArgument as error:
+                    problems.extend(error.violations)
+                    reasons.append(error.reason)
+            violations.extend(
+                FieldViolation(f"jobs[{i}].{v.field}", v.description) for v in problems
+            )
+        if violations:
+            raise InvalidArgument(violations, reason=reasons[0] if reasons else "INVALID_SPEC")
+        if validate_only:
+            return [(job, False) for job in jobs]
+        async with self._store.transaction() as tx:
+            return [await self._insert(tx, caller, job, now) for job in jobs]
+
+    def _new_job(self, spec: job_pb2.JobSpec, request_id: str, now: float) -> job_pb2.Job:
+        """A PENDING job for a checked spec (InvalidArgument listing what is wrong)."""
         limits = self._settings.limits
         if len(request_id) > limits.max_request_id_chars:
             raise InvalidArgument.single(
                 "request_id", f"is longer than {limits.max_request_id_chars} characters"
             )
         validate_spec(spec, limits)
-        now = self._now()
         job = job_pb2.Job(id=new_job_id(), state=S.JOB_STATE_PENDING, request_id=request_id)
         job.spec.CopyFrom(spec)
         job.spec.queue = spec.queue or "default"
         job.create_time.CopyFrom(timestamp(now))
-        if validate_only:
-            return job, False
-        async with self._store.transaction() as tx:
-            if request_id:
-                existing = await tx.find_request(caller.tenant, request_id)
-                if existing is not None:
-                    return self._present(existing), True
-            stored = StoredJob(job=job, tenant=caller.tenant)
-            await insert_submitted(tx, stored, now=now, actor=caller.actor)
-            tx.topics.add(queue_topic(job.spec.queue))
+        return job
+
+    async def _insert(
+        self, tx: Transaction, caller: Caller, job: job_pb2.Job, now: float
+    ) -> tuple[job_pb2.Job, bool]:
+        """Stores a new job, or finds the first one of its request_id: (job, existing)."""
+        if job.request_id:
+            existing = await tx.find_request(caller.tenant, job.request_id)
+            if existing is not None:
+                return self._present(existing), True
+        stored = StoredJob(job=job, tenant=caller.tenant)
+        await insert_submitted(tx, stored, now=now, actor=caller.actor)
+        tx.topics.add(queue_topic(job.spec.queue))
         return self._present(stored), False
 
     async def get(self, caller: Caller, job_id: str) -> job_pb2.Job:

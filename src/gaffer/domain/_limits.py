@@ -38,5 +38,6 @@ class Limits:
     max_page_size: int = 1000
     max_reason_chars: int = 1024
     max_claim_jobs: int = 256
+    max_submit_jobs: int = 1000
     # A job every agent rejects fails after this many rejections instead of cycling forever.
     max_rejections: int = 20

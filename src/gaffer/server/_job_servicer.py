@@ -42,6 +42,19 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         return pb.SubmitJobResponse(job=job, existing=existing)
 
+    async def SubmitJobs(
+        self, request: pb.SubmitJobsRequest, context: Ctx
+    ) -> pb.SubmitJobsResponse:
+        most = self._limits.max_submit_jobs
+        if not 1 <= len(request.jobs) <= most:
+            raise InvalidArgument.single("jobs", f"must hold 1 to {most} jobs")
+        results = await self._jobs.submit_many(
+            self._caller(context), request.jobs, validate_only=request.validate_only
+        )
+        return pb.SubmitJobsResponse(
+            results=[pb.SubmitJobResponse(job=job, existing=existing) for job, existing in results]
+        )
+
     async def GetJob(self, request: pb.GetJobRequest, context: Ctx) -> pb.GetJobResponse:
         require_id(request.job_id, "job_id", self._limits)
         return pb.GetJobResponse(job=await self._jobs.get(self._caller(context), request.job_id))

@@ -40,6 +40,11 @@ class JobServiceStub:
                 request_serializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/gaffer.v1.JobService/SubmitJobs',
+                request_serializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/gaffer.v1.JobService/GetJob',
                 request_serializer=gaffer_dot_v1_dot_job__service__pb2.GetJobRequest.SerializeToString,
@@ -88,6 +93,14 @@ class JobServiceServicer:
 
     def SubmitJob(self, request, context):
         """Validates and durably stores a job. A repeated request_id returns the first job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
+        """Validates and durably stores several jobs in one write: all of them or, when any spec is
+        invalid, none (INVALID_ARGUMENT naming jobs[i]). Each request_id works as in SubmitJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +169,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobRequest.FromString,
                     response_serializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=gaffer_dot_v1_dot_job__service__pb2.SubmitJobsResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -226,6 +244,33 @@ class JobService:
             '/gaffer.v1.JobService/SubmitJob',
             gaffer_dot_v1_dot_job__service__pb2.SubmitJobRequest.SerializeToString,
             gaffer_dot_v1_dot_job__service__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gaffer.v1.JobService/SubmitJobs',
+            gaffer_dot_v1_dot_job__service__pb2.SubmitJobsRequest.SerializeToString,
+            gaffer_dot_v1_dot_job__service__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
