@@ -62,6 +62,7 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("e2e_function_jobs_per_s_1_agent", "jobs/s", "", None),
             ("e2e_function_jobs_per_s_2_agents", "jobs/s", "", None),
             ("e2e_function_jobs_per_s_2_agents_submit_phase", "submits/s", "", None),
+            ("e2e_function_jobs_per_s_2_agents_single_submits", "jobs/s", "", None),
             ("e2e_exec_jobs_per_s_1_agent", "jobs/s", "", None),
             ("e2e_exec_jobs_per_s_2_agents", "jobs/s", ">= 300", lambda v: v >= 300),
             ("celery_tasks_per_s_solo", "tasks/s", "", None),

@@ -54,6 +54,28 @@ async def submit_many(
     return ids
 
 
+async def submit_batched(
+    stub: job_service_pb2_grpc.JobServiceStub,
+    spec: job_pb2.JobSpec,
+    count: int,
+    batch: int,
+    in_flight: int,
+) -> list[str]:
+    """Submits ``count`` jobs in SubmitJobs calls of ``batch``, ``in_flight`` calls at a time."""
+    item = job_service_pb2.SubmitJobRequest(spec=spec)
+    sizes = [min(batch, count - start) for start in range(0, count, batch)]
+    ids: list[str] = []
+
+    async def worker() -> None:
+        while sizes:
+            request = job_service_pb2.SubmitJobsRequest(jobs=[item] * sizes.pop())
+            response = await stub.SubmitJobs(request)
+            ids.extend(r.job.id for r in response.results)
+
+    await asyncio.gather(*(worker() for _ in range(min(in_flight, len(sizes)))))
+    return ids
+
+
 class Finishes:
     """Follows the events of every job from the first one and notes when each job finished."""
 

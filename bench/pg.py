@@ -6,8 +6,9 @@ finished event). ``..._2_replicas``: two servers sharing the database and the da
 agent on each, submits split between them, and every job's events followed on both replicas
 (a job counts as finished at the first finished event either replica delivers).
 ``procrastinate_jobs_per_s``: procrastinate with 2 worker processes on the same PostgreSQL
-server (its own database), a no-op task, N jobs deferred 64 at a time; from the first
-``deferred`` event to the last ``succeeded`` one, both from procrastinate's own event table.
+server (its own database), a no-op task; from the first ``deferred`` event to the last
+``succeeded`` one, both from procrastinate's own event table. Both sides submit in bulk, 1,000
+jobs per call (Gaffer's SubmitJobs, procrastinate's ``batch_defer_async``).
 
 Every run has fresh databases, created here and dropped at the end, failure included. The
 server is ``BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432``).
@@ -28,7 +29,7 @@ import asyncpg
 
 from bench import e2e
 from bench._config import Config
-from bench._gaffer import Finishes, spec_of, submit_many
+from bench._gaffer import Finishes, spec_of, submit_batched
 from bench._load import CpuWindow, add_watch, channel, watch_args, watched
 from bench._procs import BenchError, Procs, emit, python
 from bench._stats import summary
@@ -78,7 +79,7 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
             "function_slots_per_agent": cfg.function_slots,
             "procrastinate_workers": PROCRASTINATE_WORKERS,
             "procrastinate_concurrency_per_worker": cfg.function_slots,
-            "submit_in_flight": e2e.SUBMIT_IN_FLIGHT,
+            "submit_batch": e2e.SUBMIT_BATCH,
         },
         "cpu": cpu,
     }
@@ -127,7 +128,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         shares = [args.n // len(stubs) + (i < args.n % len(stubs)) for i in range(len(stubs))]
         per_target = await asyncio.gather(
             *(
-                submit_many(stub, spec_of("function"), count, e2e.SUBMIT_IN_FLIGHT)
+                submit_batched(stub, spec_of("function"), count, e2e.SUBMIT_BATCH, 1)
                 for stub, count in zip(stubs, shares, strict=True)
             )
         )
@@ -210,16 +211,9 @@ async def _procrastinate_load(args: argparse.Namespace) -> dict[str, Any]:
     url = os.environ["BENCH_PROCRASTINATE_DSN"]
     cpu = CpuWindow(watched(args))
     async with app.open_async():
-        left = args.n
-
-        async def defer() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await noop.defer_async()
-
         t0 = time.perf_counter()
-        await asyncio.gather(*(defer() for _ in range(min(e2e.SUBMIT_IN_FLIGHT, args.n))))
+        for start in range(0, args.n, e2e.SUBMIT_BATCH):
+            await noop.batch_defer_async(*[{}] * min(e2e.SUBMIT_BATCH, args.n - start))
         deferred = time.perf_counter()
     conn = await asyncpg.connect(url)
     try:
