@@ -1,6 +1,6 @@
 """Gaffer's core: the lifecycle over the store, with no gRPC in sight."""
 
-from gaffer.core._agents import Agents, Fence, HeartbeatResult
+from gaffer.core._agents import Agents, Fence, HeartbeatResult, Outcome
 from gaffer.core._context import Caller, CoreSettings
 from gaffer.core._event_tail import TailSlice
 from gaffer.core._jobs import Jobs, LogRequest
@@ -14,6 +14,7 @@ __all__ = [
     "HeartbeatResult",
     "Jobs",
     "LogRequest",
+    "Outcome",
     "TailSlice",
     "run_sweeper",
 ]

@@ -19,10 +19,12 @@ from gaffer.core._transitions import (
 from gaffer.domain import (
     ACTIVE_STATES,
     AGENT_UPDATE_STATES,
+    DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    StoreUnavailable,
     check_enum_values,
     is_finished,
     new_agent_id,
@@ -56,6 +58,19 @@ class Fence:
     job_id: str
     attempt: int
     lease_token: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the agent reports it (CompleteJob's fields)."""
+
+    fence: Fence
+    state: int
+    exit_code: int | None
+    message: str
+    not_retryable: bool
+    result_json: str = ""
+    passed: dict[int, float] | None = None
 
 
 @dataclass
@@ -534,83 +549,121 @@ class Agents:
             await tx.put_artifact(header.job_id, artifact)
         return artifact
 
-    async def complete(
-        self,
-        fence: Fence,
-        state: int,
-        exit_code: int | None,
-        message: str,
-        not_retryable: bool,
-        result_json: str = "",
-        *,
-        passed: dict[int, float] | None = None,
-    ) -> tuple[bool, job_pb2.Job]:
+    async def complete(self, outcome: Outcome) -> tuple[bool, job_pb2.Job]:
         """Records the attempt's outcome exactly once; a repeat answers accepted again.
 
-        ``passed`` maps VALIDATING and RUNNING to when an attempt that did not report them
-        entered them: they are recorded at those times first (``_catch_up``).
+        ``outcome.passed`` maps VALIDATING and RUNNING to when an attempt that did not report
+        them entered them: they are recorded at those times first (``_catch_up``).
         """
+        (result,) = await self.complete_many([outcome])
+        if isinstance(result, DomainError):
+            raise result
+        return result
+
+    async def complete_many(
+        self, outcomes: Sequence[Outcome]
+    ) -> list[tuple[bool, job_pb2.Job] | DomainError]:
+        """Records several outcomes in one transaction, each taken or refused on its own:
+        its result is what :meth:`complete` would return, or the error it would raise.
+
+        A job named twice waits for another transaction, so each sees the one before it.
+        """
+        results: list[tuple[bool, job_pb2.Job] | DomainError | None] = [None] * len(outcomes)
+        todo: list[int] = []
+        for i, outcome in enumerate(outcomes):
+            try:
+                self._check_outcome(outcome)
+                todo.append(i)
+            except DomainError as error:
+                results[i] = error
+        while todo:
+            now = self._now()
+            this_round: list[int] = []
+            later: list[int] = []
+            named: set[str] = set()
+            for i in todo:
+                job_id = outcomes[i].fence.job_id
+                (later if job_id in named else this_round).append(i)
+                named.add(job_id)
+            async with self._store.transaction(durable=False) as tx:
+                jobs = await tx.get_jobs([outcomes[i].fence.job_id for i in this_round])
+                for i in this_round:
+                    outcome = outcomes[i]
+                    try:
+                        stored = jobs.get(outcome.fence.job_id)
+                        results[i] = await self._record_outcome(tx, stored, outcome, now)
+                    except StoreUnavailable:
+                        raise  # the transaction is lost: so is every outcome in it
+                    except DomainError as error:  # raised before this outcome wrote anything
+                        results[i] = error
+            todo = later
+        return [r for r in results if r is not None]
+
+    def _check_outcome(self, outcome: Outcome) -> None:
         limits = self._settings.limits
-        if state not in (S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED):
+        if outcome.state not in (S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED):
             raise InvalidArgument.single("state", "must be COMPLETED or FAILED")
-        if len(message) > limits.max_reason_chars:
+        if len(outcome.message) > limits.max_reason_chars:
             raise InvalidArgument.single("message", f"is over {limits.max_reason_chars} characters")
-        if len(result_json.encode()) > limits.max_stdin_bytes:
+        if len(outcome.result_json.encode()) > limits.max_stdin_bytes:
             raise InvalidArgument.single("result_json", f"is over {limits.max_stdin_bytes} bytes")
-        now = self._now()
-        async with self._store.transaction(durable=False) as tx:
-            stored = await tx.get_job(fence.job_id)
-            if (
-                stored is not None
-                and stored.job.attempt == fence.attempt
-                and stored.lease_token == fence.lease_token
-                and (is_finished(stored.job.state) or stored.job.state == S.JOB_STATE_PENDING)
-            ):
-                if stored.job.history and stored.job.history[-1].actor == "server":
-                    # The server ended this attempt (timeout, lapsed lease): the agent's word
-                    # came too late and is not the recorded outcome.
-                    raise FailedPrecondition(
-                        f"attempt {fence.attempt} of job {fence.job_id} was already ended by "
-                        f"the server: {stored.job.history[-1].message}",
-                        reason="ATTEMPT_NOT_ACTIVE",
-                    )
-                # A repeat: this attempt's outcome (or its failure, with a retry queued) is the
-                # recorded one.
-                return True, stored.job
-            stored = _check_fence(stored, fence)
-            job = stored.job
-            actor = await self._agent_actor(tx, job.agent_id)
-            if passed:
-                await record_events(
-                    tx, self._catch_up(stored, passed, now=now, actor=actor, until=state)
+
+    async def _record_outcome(
+        self, tx: Transaction, stored: StoredJob | None, outcome: Outcome, now: float
+    ) -> tuple[bool, job_pb2.Job]:
+        """One outcome's writes; every refusal is raised before the first of them."""
+        fence, state, exit_code = outcome.fence, outcome.state, outcome.exit_code
+        if (
+            stored is not None
+            and stored.job.attempt == fence.attempt
+            and stored.lease_token == fence.lease_token
+            and (is_finished(stored.job.state) or stored.job.state == S.JOB_STATE_PENDING)
+        ):
+            if stored.job.history and stored.job.history[-1].actor == "server":
+                # The server ended this attempt (timeout, lapsed lease): the agent's word
+                # came too late and is not the recorded outcome.
+                raise FailedPrecondition(
+                    f"attempt {fence.attempt} of job {fence.job_id} was already ended by "
+                    f"the server: {stored.job.history[-1].message}",
+                    reason="ATTEMPT_NOT_ACTIVE",
                 )
-            if exit_code is not None:
-                job.exit_code = exit_code
-            else:
-                job.ClearField("exit_code")
-            job.result_json = result_json
-            if job.cancel_requested:
-                await self._cancel_now(tx, stored, now=now, actor=actor, exit_code=exit_code)
-            elif state == S.JOB_STATE_COMPLETED:
-                await change_state(
-                    tx,
-                    stored,
-                    S.JOB_STATE_COMPLETED,
-                    now=now,
-                    message=message or "completed",
-                    actor=actor,
-                    exit_code=exit_code,
-                )
-            else:
-                await self._fail_or_retry(
-                    tx,
-                    stored,
-                    now=now,
-                    message=message or "failed",
-                    actor=actor,
-                    exit_code=exit_code,
-                    not_retryable=not_retryable,
-                )
+            # A repeat: this attempt's outcome (or its failure, with a retry queued) is the
+            # recorded one.
+            return True, stored.job
+        stored = _check_fence(stored, fence)
+        job = stored.job
+        actor = await self._agent_actor(tx, job.agent_id)
+        if outcome.passed:
+            await record_events(
+                tx, self._catch_up(stored, outcome.passed, now=now, actor=actor, until=state)
+            )
+        if exit_code is not None:
+            job.exit_code = exit_code
+        else:
+            job.ClearField("exit_code")
+        job.result_json = outcome.result_json
+        if job.cancel_requested:
+            await self._cancel_now(tx, stored, now=now, actor=actor, exit_code=exit_code)
+        elif state == S.JOB_STATE_COMPLETED:
+            await change_state(
+                tx,
+                stored,
+                S.JOB_STATE_COMPLETED,
+                now=now,
+                message=outcome.message or "completed",
+                actor=actor,
+                exit_code=exit_code,
+            )
+        else:
+            await self._fail_or_retry(
+                tx,
+                stored,
+                now=now,
+                message=outcome.message or "failed",
+                actor=actor,
+                exit_code=exit_code,
+                not_retryable=outcome.not_retryable,
+            )
         return True, job
 
     async def release(self, fence: Fence, reason: str) -> job_pb2.Job:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
-from gaffer.core import Agents, Fence
+from gaffer.core import Agents, Fence, Outcome
 from gaffer.domain import (
+    DomainError,
     InvalidArgument,
     Limits,
     check_page_size,
     require_id,
 )
 from gaffer.server._convert import timestamp_seconds, wait_seconds
-from gaffer.server._errors import STATUS_OF, classify
+from gaffer.server._errors import STATUS_OF
 from gaffer.server._handlers import Ctx, call_budget
 from gaffer.store import StoredJob
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
@@ -31,6 +31,24 @@ def _fence(job_id: str, attempt: int, lease_token: str, limits: Limits) -> Fence
     if not lease_token:
         raise InvalidArgument.single("lease_token", "is required")
     return Fence(job_id, attempt, lease_token)
+
+
+def _outcome(request: pb.CompleteJobRequest, limits: Limits) -> Outcome:
+    return Outcome(
+        _fence(request.job_id, request.attempt, request.lease_token, limits),
+        request.state,
+        request.exit_code if request.HasField("exit_code") else None,
+        request.message,
+        request.not_retryable,
+        request.result_json,
+        _passed(request),
+    )
+
+
+def _refusal(error: DomainError) -> pb.CompleteJobResult:
+    """A refused outcome's result: the status CompleteJob would have ended with."""
+    code = STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
+    return pb.CompleteJobResult(code=code.value[0], message=error.message, reason=error.reason)
 
 
 def _passed(request: pb.UpdateJobStatusRequest | pb.CompleteJobRequest) -> dict[int, float]:
@@ -140,7 +158,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def CompleteJob(
         self, request: pb.CompleteJobRequest, context: Ctx
     ) -> pb.CompleteJobResponse:
-        return await self._complete(request)
+        accepted, job = await self._agents.complete(_outcome(request, self._limits))
+        return pb.CompleteJobResponse(accepted=accepted, job=job)
 
     async def CompleteJobs(
         self, request: pb.CompleteJobsRequest, context: Ctx
@@ -148,36 +167,24 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         most = self._limits.max_claim_jobs
         if not 1 <= len(request.outcomes) <= most:
             raise InvalidArgument.single("outcomes", f"must hold 1 to {most} outcomes")
-        # Side by side: on SQLite their writes share one commit.
-        results = await asyncio.gather(*(self._complete_one(o) for o in request.outcomes))
+        results: list[pb.CompleteJobResult] = []
+        outcomes: list[tuple[int, Outcome]] = []
+        for i, request_outcome in enumerate(request.outcomes):
+            results.append(pb.CompleteJobResult())
+            try:
+                outcomes.append((i, _outcome(request_outcome, self._limits)))
+            except DomainError as error:
+                results[i] = _refusal(error)
+        # One transaction for all: on PostgreSQL a few statements instead of a few per outcome.
+        recorded = await self._agents.complete_many([o for _, o in outcomes])
+        for (i, _), result in zip(outcomes, recorded, strict=True):
+            if isinstance(result, DomainError):
+                results[i] = _refusal(result)
+            else:
+                accepted, job = result
+                response = pb.CompleteJobResponse(accepted=accepted, job=job)
+                results[i] = pb.CompleteJobResult(response=response)
         return pb.CompleteJobsResponse(results=results)
-
-    async def _complete_one(self, request: pb.CompleteJobRequest) -> pb.CompleteJobResult:
-        """One outcome of a CompleteJobs; a refusal is its result (a bug fails the call)."""
-        try:
-            response = await self._complete(request)
-        except Exception as exc:
-            error = classify(exc)
-            if error is None:
-                raise
-            code = STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
-            return pb.CompleteJobResult(
-                code=code.value[0], message=error.message, reason=error.reason
-            )
-        return pb.CompleteJobResult(response=response)
-
-    async def _complete(self, request: pb.CompleteJobRequest) -> pb.CompleteJobResponse:
-        fence = _fence(request.job_id, request.attempt, request.lease_token, self._limits)
-        accepted, job = await self._agents.complete(
-            fence,
-            request.state,
-            request.exit_code if request.HasField("exit_code") else None,
-            request.message,
-            request.not_retryable,
-            request.result_json,
-            passed=_passed(request),
-        )
-        return pb.CompleteJobResponse(accepted=accepted, job=job)
 
     async def ReleaseJob(
         self, request: pb.ReleaseJobRequest, context: Ctx

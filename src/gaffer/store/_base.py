@@ -104,6 +104,16 @@ class Transaction(abc.ABC):
     async def get_job(self, job_id: str) -> StoredJob | None:
         """A job of any tenant, read for update."""
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> dict[str, StoredJob]:
+        """Several jobs read for update, by id (those that exist), locked in id order so
+        that two transactions locking some of the same jobs cannot deadlock."""
+        found: dict[str, StoredJob] = {}
+        for job_id in sorted(set(job_ids)):
+            stored = await self.get_job(job_id)
+            if stored is not None:
+                found[job_id] = stored
+        return found
+
     @abc.abstractmethod
     async def update_job(self, stored: StoredJob) -> None:
         """Writes back a job read in this transaction."""
