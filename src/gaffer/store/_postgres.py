@@ -142,20 +142,71 @@ def _update_args(stored: StoredJob) -> tuple[Any, ...]:
     return (*job_changes(stored), stored.job.id)
 
 
+_UPDATE_JOBS = (
+    "UPDATE jobs SET state = u.state, agent_id = u.agent_id, lease_token = u.lease_token,"
+    " lease_expires = u.lease_expires, not_before = u.not_before, deadline = u.deadline,"
+    " body = u.body FROM unnest($1::integer[], $2::text[], $3::text[], $4::float8[],"
+    " $5::float8[], $6::float8[], $7::bytea[], $8::text[])"
+    " AS u(state, agent_id, lease_token, lease_expires, not_before, deadline, body, id)"
+    " WHERE jobs.id = u.id"
+)
+_INSERT_EVENTS = (
+    "INSERT INTO events (job_id, tenant, body)"
+    " SELECT e.job_id, e.tenant, e.body"
+    " FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY"
+    " AS e(job_id, tenant, body, n) ORDER BY e.n"
+)
+
+
 class _PostgresTransaction(Transaction):
+    """Job updates and events are held back and written together: updates before the next
+    statement (so every read sees them), events at commit (nothing reads them before). A
+    transaction that changes many jobs costs two statements for them, not two per job."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self.topics = Topics()
+        self._updates: dict[str, tuple[Any, ...]] = {}  # job id -> _UPDATE_JOB's arguments
+        self._events: list[tuple[str, str, bytes]] = []  # (job id, tenant, body), in order
+
+    async def _write_updates(self) -> None:
+        if not self._updates:
+            return
+        rows = list(self._updates.values())
+        self._updates.clear()
+        with _mapped("update jobs"):
+            if len(rows) == 1:
+                await self._conn.execute(_UPDATE_JOB, *rows[0])
+            else:
+                await self._conn.execute(
+                    _UPDATE_JOBS, *(list(column) for column in zip(*rows, strict=True))
+                )
+
+    async def _write_events(self) -> None:
+        if not self._events:
+            return
+        job_ids, tenants, bodies = (list(column) for column in zip(*self._events, strict=True))
+        self._events.clear()
+        with _mapped("insert events"):
+            await self._conn.execute(_INSERT_EVENTS, job_ids, tenants, bodies)
+
+    async def flush(self) -> None:
+        """Writes whatever is held back; the store calls it before COMMIT."""
+        await self._write_updates()
+        await self._write_events()
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        await self._write_updates()
         with _mapped("query"):
             return list(await self._conn.fetch(sql, *args))
 
     async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        await self._write_updates()
         with _mapped("query"):
             return await self._conn.fetchrow(sql, *args)
 
     async def _execute(self, sql: str, *args: Any) -> str:
+        await self._write_updates()
         with _mapped("statement"):
             return str(await self._conn.execute(sql, *args))
 
@@ -190,6 +241,7 @@ class _PostgresTransaction(Transaction):
             job.spec.SerializeToString(),
             _body_without_spec(job),
         )
+        await self.flush()
         with _mapped("insert a job"):
             try:
                 insert = (
@@ -231,39 +283,21 @@ class _PostgresTransaction(Transaction):
         )
         return _job_from_row(row) if row else None
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> dict[str, StoredJob]:
+        rows = await self._fetch(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+            sorted(set(job_ids)),
+        )
+        return {stored.job.id: stored for stored in map(_job_from_row, rows)}
+
     async def update_job(self, stored: StoredJob) -> None:
-        await self._execute(_UPDATE_JOB, *_update_args(stored))
+        self._updates[stored.job.id] = _update_args(stored)
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
-        await self._execute(
-            "INSERT INTO events (job_id, tenant, body) VALUES ($1, $2, $3)",
-            event.job_id,
-            tenant,
-            event.SerializeToString(),
-        )
-
-    async def write_change(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
-        await self._execute(
-            f"WITH u AS ({_UPDATE_JOB}) INSERT INTO events (job_id, tenant, body)"
-            " VALUES ($9, $10, $11)",
-            *_update_args(stored),
-            event.job_id,
-            stored.tenant,
-            event.SerializeToString(),
-        )
+        self._events.append((event.job_id, tenant, event.SerializeToString()))
 
     async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> None:
-        if not events:
-            return
-        await self._execute(
-            "INSERT INTO events (job_id, tenant, body)"
-            " SELECT e.job_id, e.tenant, e.body"
-            " FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY"
-            " AS e(job_id, tenant, body, n) ORDER BY e.n",
-            [event.job_id for _, event in events],
-            [tenant for tenant, _ in events],
-            [event.SerializeToString() for _, event in events],
-        )
+        self._events.extend((e.job_id, tenant, e.SerializeToString()) for tenant, e in events)
 
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         rows = await self._fetch(
@@ -543,6 +577,7 @@ class PostgresStore(Store):
                 await conn.execute("BEGIN; SET LOCAL synchronous_commit = off")
             try:
                 yield tx
+                await tx.flush()
                 with _mapped("commit"):
                     await conn.execute("COMMIT")
             except BaseException:
