@@ -123,6 +123,8 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
         [
             ("pg_e2e_function_jobs_per_s_1_replica", "jobs/s", "", None),
             ("pg_e2e_function_jobs_per_s_2_replicas", "jobs/s", "", None),
+            ("procrastinate_jobs_per_s_batch", "jobs/s", "", None),
+            ("procrastinate_jobs_per_s_single", "jobs/s", "", None),
             ("procrastinate_jobs_per_s", "jobs/s", "", None),
             ("pg_e2e_vs_procrastinate", "x procr.", ">= 2", lambda v: v >= 2),
         ],
