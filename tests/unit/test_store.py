@@ -337,3 +337,27 @@ async def test_a_job_inserted_with_its_first_event(store: Store) -> None:
     assert saved is not None and saved.seq > 0
     events = await store.read_events(saved.tenant, after_seq=0, limit=10, job_id=stored.job.id)
     assert [e.message for e in events] == ["submitted"]
+
+
+async def test_a_transaction_reads_its_own_updates_and_keeps_event_order(store: Store) -> None:
+    """PostgreSQL holds updates and events back until a read or the commit: neither may show."""
+    a, b, c = await insert(store, make_job(), make_job(), make_job())
+    async with store.transaction() as tx:
+        found = await tx.get_jobs([c.job.id, a.job.id, "j_missing", a.job.id])
+        assert sorted(found) == sorted([a.job.id, c.job.id])
+        for stored in (found[a.job.id], found[c.job.id]):
+            stored.job.state = S.JOB_STATE_CLAIMED
+            stored.job.agent_id = "agent-1"
+            await tx.write_change(
+                stored, job_pb2.JobEvent(job_id=stored.job.id, message=f"claimed {stored.job.id}")
+            )
+        # Reads in the same transaction see both updates.
+        assert [p.job.id for p in await tx.pending_jobs(["default"], 2000.0, 10)] == [b.job.id]
+        assert await tx.count_held("agent-1") == 2
+        again = await tx.get_job(a.job.id)
+        assert again is not None and again.job.state == S.JOB_STATE_CLAIMED
+        await tx.append_event("t1", job_pb2.JobEvent(job_id=b.job.id, message="last"))
+    events = await store.read_events("t1", after_seq=0, limit=10)
+    assert [e.message for e in events] == [f"claimed {a.job.id}", f"claimed {c.job.id}", "last"]
+    stored_c = await store.get_job(c.job.id)
+    assert stored_c is not None and stored_c.job.agent_id == "agent-1"
