@@ -132,16 +132,6 @@ def filter_sql(query: JobQuery, alias: str, arg: _Args) -> str:
 
 
 # By id, not seq: a job inserted in this transaction has a provisional seq.
-_UPDATE_JOB = (
-    "UPDATE jobs SET state = $1, agent_id = $2, lease_token = $3, lease_expires = $4,"
-    " not_before = $5, deadline = $6, body = $7 WHERE id = $8"
-)
-
-
-def _update_args(stored: StoredJob) -> tuple[Any, ...]:
-    return (*job_changes(stored), stored.job.id)
-
-
 _UPDATE_JOBS = (
     "UPDATE jobs SET state = u.state, agent_id = u.agent_id, lease_token = u.lease_token,"
     " lease_expires = u.lease_expires, not_before = u.not_before, deadline = u.deadline,"
@@ -166,7 +156,7 @@ class _PostgresTransaction(Transaction):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
         self.topics = Topics()
-        self._updates: dict[str, tuple[Any, ...]] = {}  # job id -> _UPDATE_JOB's arguments
+        self._updates: dict[str, tuple[Any, ...]] = {}  # job id -> (*job_changes, id)
         self._events: list[tuple[str, str, bytes]] = []  # (job id, tenant, body), in order
 
     async def _write_updates(self) -> None:
@@ -175,12 +165,9 @@ class _PostgresTransaction(Transaction):
         rows = list(self._updates.values())
         self._updates.clear()
         with _mapped("update jobs"):
-            if len(rows) == 1:
-                await self._conn.execute(_UPDATE_JOB, *rows[0])
-            else:
-                await self._conn.execute(
-                    _UPDATE_JOBS, *(list(column) for column in zip(*rows, strict=True))
-                )
+            await self._conn.execute(
+                _UPDATE_JOBS, *(list(column) for column in zip(*rows, strict=True))
+            )
 
     async def _write_events(self) -> None:
         if not self._events:
@@ -291,7 +278,7 @@ class _PostgresTransaction(Transaction):
         return {stored.job.id: stored for stored in map(_job_from_row, rows)}
 
     async def update_job(self, stored: StoredJob) -> None:
-        self._updates[stored.job.id] = _update_args(stored)
+        self._updates[stored.job.id] = (*job_changes(stored), stored.job.id)
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
         self._events.append((event.job_id, tenant, event.SerializeToString()))
