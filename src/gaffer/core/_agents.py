@@ -290,8 +290,6 @@ class Agents:
                 stored_agent.last_heartbeat = now
                 agent.last_heartbeat_time.CopyFrom(timestamp(now))
                 await tx.put_agent(stored_agent)
-                # Last and in one statement: on PostgreSQL the events take the sequence row,
-                # held until the commit.
                 await record_events(tx, events)
         return claimed
 
