@@ -3,7 +3,7 @@
 Statements run synchronously on the loop: on a warm page cache one costs a few microseconds,
 less than a hop to a worker thread and back. Write transactions run one after another on the
 writer connection, grouped by a GroupCommitter so that concurrent ones share a
-``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a worker thread. Point reads
+``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a thread of its own. Point reads
 use a second connection and never wait for writers (WAL); reads that may scan many rows
 (listing jobs, events filtered by job fields) go through aiosqlite on a third, whose thread
 also runs the checkpoints (the writer never checkpoints by itself, so a commit never stalls
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +34,7 @@ from gaffer.store._base import (
     Topics,
     Transaction,
 )
+from gaffer.store._file_syncer import FileSyncer
 from gaffer.store._group_commit import GroupCommitter
 from gaffer.store._log_rules import TailScan, log_append, new_bytes, trimmed_chunks
 from gaffer.store._notifier import Notifier
@@ -275,6 +275,7 @@ class SqliteStore(Store):
         self._reader: sqlite3.Connection | None = None
         self._scanner: aiosqlite.Connection | None = None
         self._committer: GroupCommitter | None = None
+        self._wal_syncer: FileSyncer | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
     @property
@@ -311,7 +312,9 @@ class SqliteStore(Store):
         # With synchronous=FULL every COMMIT reaches the disk by itself; with NORMAL (WAL: a
         # commit survives a process crash at once, a machine crash once synced) the committer
         # syncs the WAL once for the batches committed while the previous sync ran.
-        sync = None if self._synchronous.upper() in ("FULL", "EXTRA") else self._sync_wal
+        if self._synchronous.upper() not in ("FULL", "EXTRA"):
+            self._wal_syncer = FileSyncer(self._data_dir / "gaffer.db-wal")
+        sync = self._wal_syncer.sync if self._wal_syncer is not None else None
         self._committer = GroupCommitter(
             self._writer.execute, begin="BEGIN IMMEDIATE", wrap_error=_unavailable, sync=sync
         )
@@ -363,6 +366,9 @@ class SqliteStore(Store):
         if self._committer is not None:
             await self._committer.close()
             self._committer = None
+        if self._wal_syncer is not None:
+            self._wal_syncer.close()
+            self._wal_syncer = None
         if self._scanner is not None:
             await self._scanner.close()
         for conn in (self._reader, self._writer):
@@ -397,19 +403,6 @@ class SqliteStore(Store):
             lambda: self._notifier.publish(tx.topics.names), durable=durable
         ):
             yield tx
-
-    async def _sync_wal(self) -> None:
-        """fsyncs the WAL: what synchronous=FULL does at every commit, done once per group."""
-        path = self._data_dir / "gaffer.db-wal"
-
-        def sync() -> None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-        await asyncio.to_thread(sync)
 
     async def any_pending(self, queues: Sequence[str], now: float) -> bool:
         row = _fetchone(
