@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -176,8 +176,12 @@ async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
         syncing.set()
         await gate.wait()
 
+    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
+        task = asyncio.ensure_future(sync())
+        task.add_done_callback(lambda t: on_done(t.exception()))
+
     committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
-                               sync=sync)  # fmt: skip
+                               sync=start_sync)  # fmt: skip
     committer.start()
     async with committer.transaction(lambda: None, durable=False):
         conn.execute("INSERT INTO t VALUES (1)")
@@ -202,3 +206,61 @@ async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
 async def _insert(committer: GroupCommitter, conn: sqlite3.Connection, v: int) -> None:
     async with committer.transaction(lambda: None):
         conn.execute("INSERT INTO t VALUES (?)", (v,))
+
+
+async def test_a_caller_resumes_before_what_its_commit_wakes(conn: sqlite3.Connection) -> None:
+    """A claim answers its agent before the followers its commit wakes run."""
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer.start()
+    order: list[str] = []
+    woken = asyncio.Event()
+
+    async def subscriber() -> None:
+        await woken.wait()
+        order.append("subscriber")
+
+    waiting = asyncio.create_task(subscriber())
+    await asyncio.sleep(0)  # let it start waiting
+    async with committer.transaction(woken.set):
+        conn.execute("INSERT INTO t VALUES (1)")
+    order.append("caller")
+    await waiting
+    await committer.close()
+    assert order == ["caller", "subscriber"]
+
+
+async def test_under_load_a_batch_waits_for_the_delay_a_lone_caller_does_not(
+    conn: sqlite3.Connection,
+) -> None:
+    gate = asyncio.Event()
+
+    async def sync() -> None:
+        await gate.wait()
+
+    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
+        task = asyncio.ensure_future(sync())
+        task.add_done_callback(lambda t: on_done(t.exception()))
+
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
+                               sync=start_sync, delay=30.0, siblings=1)  # fmt: skip
+    committer.start()
+    async with committer.transaction(lambda: None, durable=False):  # alone: no delay
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert committer.commits == 1
+
+    # One durable caller waits for its sync: the next batch opens under load.
+    stuck = asyncio.create_task(_insert(committer, conn, 2))
+
+    async def committed_twice() -> bool:
+        return committer.commits == 2
+
+    await wait_until_async(committed_twice, what="the durable transaction to commit")
+    held = [asyncio.create_task(_insert(committer, conn, v)) for v in (3, 4)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert committer.commits == 2, "the batch did not wait for the delay"
+    gate.set()
+    await committer.close()  # commits the held batch at once, and syncs it
+    assert committer.commits == 3
+    await asyncio.gather(stuck, *held)
+    assert values(conn) == [1, 2, 3, 4]

@@ -3,7 +3,8 @@
 A thread-pool hop per sync (``asyncio.to_thread``) copies the context, goes through the
 executor's queue and chains two futures; on a small machine that cost the loop more than
 the fsync itself. One long-lived thread that waits on a queue, keeps the file open and hands
-back the result with one ``call_soon_threadsafe`` does the same work for less.
+back the result with one ``call_soon_threadsafe`` (straight to the group committer's
+callback, no future or task between) does the same work for less.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 _STOP = None
@@ -25,19 +27,17 @@ class FileSyncer:
         self._path = path
         self._fd: int | None = None
         self._requests: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None
+            tuple[asyncio.AbstractEventLoop, Callable[[BaseException | None], None]] | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    async def sync(self) -> None:
-        """Returns once everything written to the file before the call is on disk."""
+    def start(self, on_done: Callable[[BaseException | None], None]) -> None:
+        """Starts an fsync covering everything written to the file so far; ``on_done`` is
+        called on the running loop with None, or with the error."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="gaffer-fsync", daemon=True)
             self._thread.start()
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._requests.put((loop, done))
-        await done
+        self._requests.put((asyncio.get_running_loop(), on_done))
 
     def close(self) -> None:
         """Stops the thread once the syncs asked for are done, and closes the file."""
@@ -54,7 +54,7 @@ class FileSyncer:
 
     def _run(self) -> None:
         while (request := self._requests.get()) is not _STOP:
-            loop, done = request
+            loop, on_done = request
             error: OSError | None = None
             try:
                 if self._fd is None:
@@ -64,13 +64,4 @@ class FileSyncer:
                 error = exc
                 self._forget_fd()  # a failed fsync may have dropped the pages: reopen
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_settle, done, error)
-
-
-def _settle(done: asyncio.Future[None], error: OSError | None) -> None:
-    if done.done():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+                loop.call_soon_threadsafe(on_done, error)

@@ -6,13 +6,21 @@ more than the statement). Bodies run one at a time, each in its own SAVEPOINT (a
 fails rolls back only its own work). Every body that finishes in the same turn of the loop
 joins the open batch; the batch commits at the next turn. A durable caller also waits for the
 fsync that covers its commit; fsyncs run in a worker thread, and commits made while one runs
-share the next. Under load, batches grow by themselves; an idle store commits each
-transaction on its own.
+share the next. An idle store commits each transaction on its own, at the next turn.
+
+Under load a batch is held open a little longer (PostgreSQL's commit_delay and
+commit_siblings): when a new batch opens while at least ``siblings`` other callers are
+still waiting on the committer, it commits after ``delay`` instead of at the next turn.
+gRPC hands the server one new call per turn of the loop, so without this a busy store
+commits (and syncs) about once per call; a lone caller never waits for the delay.
 
 A body that really suspends (awaits I/O) holds the writer until it finishes: nothing else
 interleaves with its statements, and the batch waits for it.
 
 A caller returns only after the commit (and, if durable, the fsync) that holds its work.
+Each caller waits on a future of its own, resolved by the commit or the sync itself: no
+task or shared future stands between them, so a caller resumes at the next turn, before
+the wake-ups its commit publishes (a claim answers its agent before followers hear of it).
 """
 
 from __future__ import annotations
@@ -20,22 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
+#: Starts making what is committed durable; calls back on the loop with None or the error.
+StartSync = Callable[[Callable[[BaseException | None], None]], None]
 
 
 @dataclass(eq=False)
 class _Batch:
-    committed: asyncio.Future[None] = field(default_factory=_future)
-    synced: asyncio.Future[None] = field(default_factory=_future)
+    #: Per caller: the future it waits on, and whether it waits for the sync too.
+    waiters: list[tuple[asyncio.Future[None], bool]] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
-    durable: bool = False
 
 
 class GroupCommitter:
@@ -45,8 +51,10 @@ class GroupCommitter:
         execute: runs one SQL statement on the writer connection, synchronously.
         begin: the statement that opens a write transaction (``BEGIN IMMEDIATE`` for SQLite).
         wrap_error: turns a failure of BEGIN/COMMIT/sync into the error callers should see.
-        sync: makes what is committed durable on disk (None: every COMMIT is durable by
-            itself).
+        sync: starts making what is committed durable on disk and calls back (on the loop)
+            when done (None: every COMMIT is durable by itself).
+        delay: how long a batch opened under load stays open for others to join.
+        siblings: how many other callers waiting on the committer mean "under load".
     """
 
     def __init__(
@@ -55,26 +63,31 @@ class GroupCommitter:
         *,
         begin: str,
         wrap_error: Callable[[BaseException], BaseException],
-        sync: Callable[[], Awaitable[None]] | None = None,
+        sync: StartSync | None = None,
+        delay: float = 0.002,
+        siblings: int = 2,
     ) -> None:
         self._execute = execute
         self._begin = begin
         self._wrap_error = wrap_error
         self._sync = sync
+        self._delay = delay
+        self._siblings = siblings
+        #: Callers inside transaction(): in a body, or waiting for its commit or sync.
+        self._callers = 0
         self._lock = asyncio.Lock()
         self._batch: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._unsynced: list[_Batch] = []
-        self._sync_wake = asyncio.Event()
-        self._syncer: asyncio.Task[None] | None = None
+        #: Durable callers whose commit is done and not yet covered by a sync under way.
+        self._unsynced: list[asyncio.Future[None]] = []
+        self._syncing = False
+        self._synced_all: asyncio.Event | None = None
         self._closed = True
         #: Batches committed since start (for tests and metrics).
         self.commits = 0
 
     def start(self) -> None:
         self._closed = False
-        if self._sync is not None:
-            self._syncer = asyncio.create_task(self._sync_loop(), name="gaffer-wal-sync")
 
     async def close(self) -> None:
         """Commits the open batch and syncs what waits for it, then stops."""
@@ -86,13 +99,9 @@ class GroupCommitter:
         if self._flusher is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        if self._syncer is not None:
-            if self._unsynced:
-                await self._sync_pending()
-            self._syncer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._syncer
-            self._syncer = None
+        if self._syncing:
+            self._synced_all = asyncio.Event()
+            await self._synced_all.wait()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -105,22 +114,25 @@ class GroupCommitter:
         """
         if self._closed:
             raise self._wrap_error(RuntimeError("the store is closed"))
-        async with self._lock:  # free at once unless a body is suspended inside
-            batch = self._open_batch()
-            self._execute("SAVEPOINT gaffer_tx")
-            try:
-                yield
-                self._execute("RELEASE gaffer_tx")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._execute("ROLLBACK TO gaffer_tx")
+        self._callers += 1
+        try:
+            async with self._lock:  # free at once unless a body is suspended inside
+                batch = self._open_batch()
+                self._execute("SAVEPOINT gaffer_tx")
+                try:
+                    yield
                     self._execute("RELEASE gaffer_tx")
-                raise
-            batch.on_commit.append(on_commit)
-            batch.durable = batch.durable or durable
-        await asyncio.shield(batch.committed)
-        if durable:
-            await asyncio.shield(batch.synced)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self._execute("ROLLBACK TO gaffer_tx")
+                        self._execute("RELEASE gaffer_tx")
+                    raise
+                done = asyncio.get_running_loop().create_future()
+                batch.waiters.append((done, durable and self._sync is not None))
+                batch.on_commit.append(on_commit)
+            await done
+        finally:
+            self._callers -= 1
 
     def _open_batch(self) -> _Batch:
         if self._batch is not None:
@@ -130,11 +142,16 @@ class GroupCommitter:
         except Exception as exc:
             raise self._wrap_error(exc) from exc
         batch = self._batch = _Batch()
-        asyncio.get_running_loop().call_soon(self._flush_soon, batch)
+        loop = asyncio.get_running_loop()
+        if self._callers > self._siblings:  # others wait besides the caller opening it
+            loop.call_later(self._delay, self._flush_soon, batch)
+        else:
+            loop.call_soon(self._flush_soon, batch)
         return batch
 
     def _flush_soon(self, batch: _Batch) -> None:
-        """One turn after the batch opened: the bodies that were ready in that turn joined."""
+        """One turn (or, under load, the delay) after the batch opened: the bodies that were
+        ready meanwhile joined."""
         if batch is not self._batch:
             return  # committed already (by close)
         if self._lock.locked():  # a body is suspended inside it: commit once it is done
@@ -156,49 +173,49 @@ class GroupCommitter:
             with contextlib.suppress(Exception):
                 self._execute("ROLLBACK")
             error = self._wrap_error(exc)
-            batch.committed.set_exception(error)
-            batch.synced.set_exception(error)
-            _retrieve(batch)
+            for done, _ in batch.waiters:
+                _settle(done, error)
             return
         self.commits += 1
-        batch.committed.set_result(None)
+        for done, durable in batch.waiters:
+            if durable:
+                self._unsynced.append(done)
+            else:
+                _settle(done, None)
+        self._sync_next()
         for callback in batch.on_commit:
             try:
                 callback()
             except Exception:
                 log.exception("after-commit callback failed")
-        if self._sync is None or not batch.durable:
-            batch.synced.set_result(None)
-        else:
-            self._unsynced.append(batch)
-            self._sync_wake.set()
 
-    async def _sync_loop(self) -> None:
-        while True:
-            await self._sync_wake.wait()
-            self._sync_wake.clear()
-            if self._unsynced:
-                await self._sync_pending()
-
-    async def _sync_pending(self) -> None:
-        """One fsync for every batch committed so far (those that commit meanwhile wait)."""
+    def _sync_next(self) -> None:
+        """Starts one sync for every durable caller committed so far, unless one runs (those
+        committed meanwhile wait for the next)."""
+        if self._syncing or not self._unsynced:
+            return
         assert self._sync is not None
         waiting, self._unsynced = self._unsynced, []
-        try:
-            await self._sync()
-        except Exception as exc:
-            log.error("syncing the store failed: %s", exc)
-            error = self._wrap_error(exc)
-            for batch in waiting:
-                batch.synced.set_exception(error)
-                _retrieve(batch)
-            return
-        for batch in waiting:
-            batch.synced.set_result(None)
+        self._syncing = True
+        self._sync(lambda error: self._synced(waiting, error))
+
+    def _synced(self, waiting: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        self._syncing = False
+        self._sync_next()
+        if error is not None:
+            log.error("syncing the store failed: %s", error)
+            error = self._wrap_error(error)
+        for done in waiting:
+            _settle(done, error)
+        if not self._syncing and self._synced_all is not None:
+            self._synced_all.set()
 
 
-def _retrieve(batch: _Batch) -> None:
-    """Marks a failed batch's exceptions as seen (a batch of non-durable callers never
-    awaits ``synced``)."""
-    for future in (batch.committed, batch.synced):
-        future.add_done_callback(lambda f: f.exception())
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    """Answers one caller (unless it stopped waiting: cancelled)."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

@@ -314,7 +314,7 @@ class SqliteStore(Store):
         # syncs the WAL once for the batches committed while the previous sync ran.
         if self._synchronous.upper() not in ("FULL", "EXTRA"):
             self._wal_syncer = FileSyncer(self._data_dir / "gaffer.db-wal")
-        sync = self._wal_syncer.sync if self._wal_syncer is not None else None
+        sync = self._wal_syncer.start if self._wal_syncer is not None else None
         self._committer = GroupCommitter(
             self._writer.execute, begin="BEGIN IMMEDIATE", wrap_error=_unavailable, sync=sync
         )
