@@ -229,7 +229,7 @@ async def test_a_caller_resumes_before_what_its_commit_wakes(conn: sqlite3.Conne
     assert order == ["caller", "subscriber"]
 
 
-async def test_under_load_a_batch_waits_for_the_delay_a_lone_caller_does_not(
+async def test_under_load_a_durable_batch_waits_for_the_delay_others_do_not(
     conn: sqlite3.Connection,
 ) -> None:
     gate = asyncio.Event()
@@ -259,8 +259,16 @@ async def test_under_load_a_batch_waits_for_the_delay_a_lone_caller_does_not(
     for _ in range(20):
         await asyncio.sleep(0)
     assert committer.commits == 2, "the batch did not wait for the delay"
+    # A non-durable body (a claim) joining the held batch has it commit at the next turn.
+    async with committer.transaction(lambda: None, durable=False):
+        conn.execute("INSERT INTO t VALUES (5)")
+    assert committer.commits == 3
+    held.append(asyncio.create_task(_insert(committer, conn, 6)))  # held again
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert committer.commits == 3
     gate.set()
     await committer.close()  # commits the held batch at once, and syncs it
-    assert committer.commits == 3
+    assert committer.commits == 4
     await asyncio.gather(stuck, *held)
-    assert values(conn) == [1, 2, 3, 4]
+    assert values(conn) == [1, 2, 3, 4, 5, 6]

@@ -8,11 +8,13 @@ joins the open batch; the batch commits at the next turn. A durable caller also 
 fsync that covers its commit; fsyncs run in a worker thread, and commits made while one runs
 share the next. An idle store commits each transaction on its own, at the next turn.
 
-Under load a batch is held open a little longer (PostgreSQL's commit_delay and
-commit_siblings): when a new batch opens while at least ``siblings`` other callers are
-still waiting on the committer, it commits after ``delay`` instead of at the next turn.
-gRPC hands the server one new call per turn of the loop, so without this a busy store
-commits (and syncs) about once per call; a lone caller never waits for the delay.
+Under load a batch of durable bodies is held open a little longer (PostgreSQL's
+commit_delay and commit_siblings): when a durable body opens a batch while at least
+``siblings`` other callers are still waiting on the committer, the batch commits after
+``delay`` instead of at the next turn. gRPC hands the server one new call per turn of the
+loop, so without this a busy store commits (and syncs) about once per submit. A lone caller
+never waits for the delay, and neither do agents: a non-durable body (a claim, an outcome)
+joining a held batch has it commit at the next turn.
 
 A body that really suspends (awaits I/O) holds the writer until it finishes: nothing else
 interleaves with its statements, and the batch waits for it.
@@ -42,6 +44,8 @@ class _Batch:
     #: Per caller: the future it waits on, and whether it waits for the sync too.
     waiters: list[tuple[asyncio.Future[None], bool]] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: Waits for the delay (opened by a durable body under load).
+    held: bool = False
 
 
 class GroupCommitter:
@@ -117,7 +121,7 @@ class GroupCommitter:
         self._callers += 1
         try:
             async with self._lock:  # free at once unless a body is suspended inside
-                batch = self._open_batch()
+                batch = self._open_batch(durable)
                 self._execute("SAVEPOINT gaffer_tx")
                 try:
                     yield
@@ -127,14 +131,18 @@ class GroupCommitter:
                         self._execute("ROLLBACK TO gaffer_tx")
                         self._execute("RELEASE gaffer_tx")
                     raise
-                done = asyncio.get_running_loop().create_future()
+                loop = asyncio.get_running_loop()
+                done = loop.create_future()
                 batch.waiters.append((done, durable and self._sync is not None))
                 batch.on_commit.append(on_commit)
+                if batch.held and not durable:
+                    batch.held = False
+                    loop.call_soon(self._flush_soon, batch)
             await done
         finally:
             self._callers -= 1
 
-    def _open_batch(self) -> _Batch:
+    def _open_batch(self, durable: bool) -> _Batch:
         if self._batch is not None:
             return self._batch
         try:
@@ -143,7 +151,8 @@ class GroupCommitter:
             raise self._wrap_error(exc) from exc
         batch = self._batch = _Batch()
         loop = asyncio.get_running_loop()
-        if self._callers > self._siblings:  # others wait besides the caller opening it
+        if durable and self._callers > self._siblings:  # others wait besides this caller
+            batch.held = True
             loop.call_later(self._delay, self._flush_soon, batch)
         else:
             loop.call_soon(self._flush_soon, batch)
