@@ -272,3 +272,24 @@ async def test_under_load_a_durable_batch_waits_for_the_delay_others_do_not(
     assert committer.commits == 4
     await asyncio.gather(stuck, *held)
     assert values(conn) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_sync_that_cannot_start_fails_its_callers_and_the_next_one_retries(
+    conn: sqlite3.Connection,
+) -> None:
+    broken = True
+
+    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
+        if broken:
+            raise OSError("no thread for you")
+        asyncio.get_running_loop().call_soon(on_done, None)
+
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
+                               sync=start_sync)  # fmt: skip
+    committer.start()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(_insert(committer, conn, 1), 10)
+    broken = False
+    await asyncio.wait_for(_insert(committer, conn, 2), 10)
+    await committer.close()
+    assert values(conn) == [1, 2]  # committed; only the first caller's sync failed

@@ -206,7 +206,10 @@ class GroupCommitter:
         assert self._sync is not None
         waiting, self._unsynced = self._unsynced, []
         self._syncing = True
-        self._sync(lambda error: self._synced(waiting, error))
+        try:
+            self._sync(lambda error: self._synced(waiting, error))
+        except Exception as exc:  # could not even start: answer now, not never
+            self._synced(waiting, exc)
 
     def _synced(self, waiting: list[asyncio.Future[None]], error: BaseException | None) -> None:
         self._syncing = False
