@@ -142,6 +142,14 @@ class GroupCommitter:
         finally:
             self._callers -= 1
 
+    async def between_batches(self, work: Callable[[], object]) -> None:
+        """Runs ``work`` on the writer with no transaction open (the open batch commits
+        first, without waiting for its turn or delay)."""
+        async with self._lock:
+            if self._batch is not None:
+                self._commit(self._batch)
+            work()
+
     def _open_batch(self, durable: bool) -> _Batch:
         if self._batch is not None:
             return self._batch
