@@ -293,3 +293,57 @@ async def test_a_sync_that_cannot_start_fails_its_callers_and_the_next_one_retri
     await asyncio.wait_for(_insert(committer, conn, 2), 10)
     await committer.close()
     assert values(conn) == [1, 2]  # committed; only the first caller's sync failed
+
+
+async def test_a_held_batch_commits_when_the_delay_passes(conn: sqlite3.Connection) -> None:
+    gate = asyncio.Event()
+
+    async def sync() -> None:
+        await gate.wait()
+
+    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
+        task = asyncio.ensure_future(sync())
+        task.add_done_callback(lambda t: on_done(t.exception()))
+
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
+                               sync=start_sync, delay=0.05, siblings=1)  # fmt: skip
+    committer.start()
+    stuck = asyncio.create_task(_insert(committer, conn, 1))  # waits for its sync
+
+    async def committed(n: int) -> bool:
+        return committer.commits == n
+
+    await wait_until_async(lambda: committed(1), what="the first commit")
+    held = asyncio.create_task(_insert(committer, conn, 2))  # under load: held for 50 ms
+    await wait_until_async(lambda: committed(2), what="the held batch to commit by itself")
+    gate.set()
+    await asyncio.gather(stuck, held)
+    await committer.close()
+    assert values(conn) == [1, 2]
+
+
+async def test_close_waits_for_callers_already_inside(conn: sqlite3.Connection) -> None:
+    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer.start()
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> None:
+        async with committer.transaction(lambda: None):
+            conn.execute("INSERT INTO t VALUES (1)")
+            inside.set()
+            await release.wait()
+
+    first = asyncio.create_task(slow())
+    await inside.wait()
+    queued = asyncio.create_task(_insert(committer, conn, 2))  # waits for the writer
+    for _ in range(3):
+        await asyncio.sleep(0)
+    closing = asyncio.create_task(committer.close())
+    release.set()
+    await asyncio.wait_for(closing, 10)
+    assert first.done() and queued.done()  # close returned only after both were answered
+    await asyncio.gather(first, queued)
+    assert values(conn) == [1, 2]
+    with pytest.raises(Unavailable):
+        await _insert(committer, conn, 3)

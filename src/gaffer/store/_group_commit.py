@@ -5,8 +5,9 @@ statement on a warm page cache costs microseconds; a hop to a worker thread and 
 more than the statement). Bodies run one at a time, each in its own SAVEPOINT (a body that
 fails rolls back only its own work). Every body that finishes in the same turn of the loop
 joins the open batch; the batch commits at the next turn. A durable caller also waits for the
-fsync that covers its commit; fsyncs run in a worker thread, and commits made while one runs
-share the next. An idle store commits each transaction on its own, at the next turn.
+fsync that covers its commit; fsyncs run off the loop (SQLite: a thread of its own), and
+commits made while one runs share the next. An idle store commits each transaction on its
+own, at the next turn.
 
 Under load a batch of durable bodies is held open a little longer (PostgreSQL's
 commit_delay and commit_siblings): when a durable body opens a batch while at least
@@ -85,7 +86,8 @@ class GroupCommitter:
         #: Durable callers whose commit is done and not yet covered by a sync under way.
         self._unsynced: list[asyncio.Future[None]] = []
         self._syncing = False
-        self._synced_all: asyncio.Event | None = None
+        #: Set once no caller is inside, when close() waits for that.
+        self._drained: asyncio.Event | None = None
         self._closed = True
         #: Batches committed since start (for tests and metrics).
         self.commits = 0
@@ -94,7 +96,8 @@ class GroupCommitter:
         self._closed = False
 
     async def close(self) -> None:
-        """Commits the open batch and syncs what waits for it, then stops."""
+        """Commits the open batch and lets the callers already inside finish (their commits
+        and syncs); new ones are refused."""
         self._closed = True
         if self._batch is not None:
             async with self._lock:
@@ -103,9 +106,10 @@ class GroupCommitter:
         if self._flusher is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        if self._syncing:
-            self._synced_all = asyncio.Event()
-            await self._synced_all.wait()
+        if self._callers:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            await self._drained.wait()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -141,6 +145,8 @@ class GroupCommitter:
             await done
         finally:
             self._callers -= 1
+            if not self._callers and self._drained is not None:
+                self._drained.set()
 
     async def between_batches(self, work: Callable[[], object]) -> None:
         """Runs ``work`` on the writer with no transaction open (the open batch commits
@@ -227,8 +233,6 @@ class GroupCommitter:
             error = self._wrap_error(error)
         for done in waiting:
             _settle(done, error)
-        if not self._syncing and self._synced_all is not None:
-            self._synced_all.set()
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

@@ -7,8 +7,9 @@ writer connection, grouped by a GroupCommitter so that concurrent ones share a
 use a second connection and never wait for writers (WAL); reads that may scan many rows
 (listing jobs, events filtered by job fields) go through aiosqlite on a third, whose thread
 also runs the checkpoints (so a commit does not stall the loop on the disk). Only a WAL past
-``wal_limit_bytes`` has the writer finish a checkpoint, between two batches: under writes
-that never pause, that is the only way the WAL can start over instead of growing for good.
+``wal_limit_bytes`` has the writer finish a checkpoint, between two batches (a short stall:
+what came during the last pass, and a sync): under writes that never pause, that is the only
+way the WAL can start over instead of growing for good.
 """
 
 from __future__ import annotations
@@ -262,6 +263,12 @@ def _fetchone(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) ->
     return conn.execute(sql, params).fetchone()
 
 
+#: Checkpoint passes off the loop, at most, before the writer finishes one past the limit.
+_CATCH_UP_PASSES = 10
+#: New WAL frames during a pass small enough for the writer to copy on the loop (1 MiB).
+_WRITER_CHECKPOINT_FRAMES = 256
+
+
 class SqliteStore(Store):
     """SQLite under ``data_dir``: ``gaffer.db`` plus ``blobs/`` for artifact bytes."""
 
@@ -347,16 +354,28 @@ class SqliteStore(Store):
         The WAL starts over (and is cut back to ``wal_limit_bytes``) at the first write after
         a checkpoint that left nothing behind; under steady writes a pass off the loop never
         does (commits land while it copies), and the WAL grew by about 12 KB per submit for
-        as long as submits kept coming. So a WAL past the limit is finished by the writer
-        between two batches: it copies only what came during the pass, on the loop.
+        as long as submits kept coming. So a WAL past the limit gets more passes, until one
+        finds little new since the last, and then the writer finishes between two batches:
+        on the loop it copies only what came during that last pass (and syncs the files).
         """
-        rows = await self._scan.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
-        _, frames, _ = next(iter(rows))
+        frames = await self._background_checkpoint()
+        if frames * self._page_size <= self.wal_limit_bytes:
+            return
+        for _ in range(_CATCH_UP_PASSES):
+            before, frames = frames, await self._background_checkpoint()
+            if frames - before <= _WRITER_CHECKPOINT_FRAMES:
+                break
         writer, committer = self._writer, self._committer
-        if frames * self._page_size > self.wal_limit_bytes and writer and committer:
+        if writer is not None and committer is not None:
             await committer.between_batches(
                 lambda: writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             )
+
+    async def _background_checkpoint(self) -> int:
+        """One PASSIVE checkpoint on the scanner's thread; the WAL's frames when it began."""
+        rows = await self._scan.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        _, frames, _ = next(iter(rows))
+        return int(frames)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
