@@ -242,7 +242,7 @@ async def test_under_load_a_durable_batch_waits_for_the_delay_others_do_not(
         task.add_done_callback(lambda t: on_done(t.exception()))
 
     committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
-                               sync=start_sync, delay=30.0, siblings=1)  # fmt: skip
+                               sync=start_sync, delay=30.0, max_delay=30.0, siblings=1)  # fmt: skip
     committer.start()
     async with committer.transaction(lambda: None, durable=False):  # alone: no delay
         conn.execute("INSERT INTO t VALUES (1)")
@@ -306,7 +306,7 @@ async def test_a_held_batch_commits_when_the_delay_passes(conn: sqlite3.Connecti
         task.add_done_callback(lambda t: on_done(t.exception()))
 
     committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
-                               sync=start_sync, delay=0.05, siblings=1)  # fmt: skip
+                               sync=start_sync, delay=0.05, max_delay=0.05, siblings=1)  # fmt: skip
     committer.start()
     stuck = asyncio.create_task(_insert(committer, conn, 1))  # waits for its sync
 

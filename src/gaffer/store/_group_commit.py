@@ -9,13 +9,13 @@ fsync that covers its commit; fsyncs run off the loop (SQLite: a thread of its o
 commits made while one runs share the next. An idle store commits each transaction on its
 own, at the next turn.
 
-Under load a batch of durable bodies is held open a little longer (PostgreSQL's
-commit_delay and commit_siblings): when a durable body opens a batch while at least
-``siblings`` other callers are still waiting on the committer, the batch commits after
-``delay`` instead of at the next turn. gRPC hands the server one new call per turn of the
-loop, so without this a busy store commits (and syncs) about once per submit. A lone caller
-never waits for the delay, and neither do agents: a non-durable body (a claim, an outcome)
-joining a held batch has it commit at the next turn.
+Under load a batch of durable bodies is held open a little longer (PostgreSQL's commit_delay
+and commit_siblings): when a durable body opens a batch while at least ``siblings`` other
+callers are still waiting on the committer, the batch commits after ``delay`` per waiting
+caller (at most ``max_delay``) instead of at the next turn. gRPC hands the server one new
+call per turn of the loop, so without this a busy store commits (and syncs) about once per
+submit. A lone caller never waits for the delay, and neither do agents: a non-durable body
+(a claim, an outcome) joining a held batch has it commit at the next turn.
 
 A body that really suspends (awaits I/O) holds the writer until it finishes: nothing else
 interleaves with its statements, and the batch waits for it.
@@ -58,7 +58,9 @@ class GroupCommitter:
         wrap_error: turns a failure of BEGIN/COMMIT/sync into the error callers should see.
         sync: starts making what is committed durable on disk and calls back (on the loop)
             when done (None: every COMMIT is durable by itself).
-        delay: how long a batch opened under load stays open for others to join.
+        delay: how long a batch opened under load stays open for others to join, per other
+            caller waiting on the committer (the more wait, the more are coming).
+        max_delay: the longest a batch stays open.
         siblings: how many other callers waiting on the committer mean "under load".
     """
 
@@ -69,7 +71,8 @@ class GroupCommitter:
         begin: str,
         wrap_error: Callable[[BaseException], BaseException],
         sync: StartSync | None = None,
-        delay: float = 0.002,
+        delay: float = 0.001,
+        max_delay: float = 0.005,
         siblings: int = 2,
     ) -> None:
         self._execute = execute
@@ -77,6 +80,7 @@ class GroupCommitter:
         self._wrap_error = wrap_error
         self._sync = sync
         self._delay = delay
+        self._max_delay = max_delay
         self._siblings = siblings
         #: Callers inside transaction(): in a body, or waiting for its commit or sync.
         self._callers = 0
@@ -167,7 +171,8 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         if durable and self._callers > self._siblings:  # others wait besides this caller
             batch.held = True
-            loop.call_later(self._delay, self._flush_soon, batch)
+            delay = min(self._max_delay, self._delay * (self._callers - 1))
+            loop.call_later(delay, self._flush_soon, batch)
         else:
             loop.call_soon(self._flush_soon, batch)
         return batch
