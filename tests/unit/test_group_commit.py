@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from gaffer.store._group_commit import GroupCommitter
+from gaffer.store._group_commit import GroupCommitter, StartSync
 from tests.helpers import wait_until_async
 
 
@@ -28,6 +28,16 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 def values(conn: sqlite3.Connection) -> list[int]:
     return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+def starting(sync: Callable[[], Awaitable[None]]) -> StartSync:
+    """A committer's sync that runs the coroutine function ``sync`` and reports its end."""
+
+    def start(on_done: Callable[[BaseException | None], None]) -> None:
+        task = asyncio.ensure_future(sync())
+        task.add_done_callback(lambda t: on_done(t.exception()))
+
+    return start
 
 
 def recording(conn: sqlite3.Connection, statements: list[str]):  # type: ignore[no-untyped-def]
@@ -176,12 +186,8 @@ async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
         syncing.set()
         await gate.wait()
 
-    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
-        task = asyncio.ensure_future(sync())
-        task.add_done_callback(lambda t: on_done(t.exception()))
-
     committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
-                               sync=start_sync)  # fmt: skip
+                               sync=starting(sync))  # fmt: skip
     committer.start()
     async with committer.transaction(lambda: None, durable=False):
         conn.execute("INSERT INTO t VALUES (1)")
@@ -237,12 +243,10 @@ async def test_under_load_a_durable_batch_waits_for_the_delay_others_do_not(
     async def sync() -> None:
         await gate.wait()
 
-    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
-        task = asyncio.ensure_future(sync())
-        task.add_done_callback(lambda t: on_done(t.exception()))
-
-    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
-                               sync=start_sync, delay=30.0, max_delay=30.0, siblings=1)  # fmt: skip
+    committer = GroupCommitter(
+        conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable, sync=starting(sync),
+        delay=30.0, max_delay=30.0, siblings=1,
+    )  # fmt: skip
     committer.start()
     async with committer.transaction(lambda: None, durable=False):  # alone: no delay
         conn.execute("INSERT INTO t VALUES (1)")
@@ -301,12 +305,10 @@ async def test_a_held_batch_commits_when_the_delay_passes(conn: sqlite3.Connecti
     async def sync() -> None:
         await gate.wait()
 
-    def start_sync(on_done: Callable[[BaseException | None], None]) -> None:
-        task = asyncio.ensure_future(sync())
-        task.add_done_callback(lambda t: on_done(t.exception()))
-
-    committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable,
-                               sync=start_sync, delay=0.05, max_delay=0.05, siblings=1)  # fmt: skip
+    committer = GroupCommitter(
+        conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable, sync=starting(sync),
+        delay=0.05, max_delay=0.05, siblings=1,
+    )  # fmt: skip
     committer.start()
     stuck = asyncio.create_task(_insert(committer, conn, 1))  # waits for its sync
 
