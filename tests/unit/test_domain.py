@@ -126,7 +126,7 @@ def test_timings_follow_the_latest_attempt() -> None:
     ]:
         job.history.add(state=state).time.FromDatetime(t0 + timedelta(seconds=seconds))
     job.finish_time.FromDatetime(t0 + timedelta(seconds=20))
-    timings = job_timings(job, t0 + timedelta(seconds=99))
+    timings = job_timings(job, int((t0 + timedelta(seconds=99)).timestamp()) * 1_000_000_000)
     assert timings.queued.seconds == 4
     assert timings.validating.seconds == 1
     assert timings.running.seconds == 10
@@ -141,3 +141,30 @@ def test_the_domain_loads_without_grpc() -> None:
 
     code = "import sys, gaffer.domain; sys.exit('grpc' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_ids_spell_creation_millis_then_randomness_in_crockford_base32() -> None:
+    """26 digits: 10 of milliseconds since the epoch, then 16 of random bits, most significant
+    first, so that ids sort by creation time."""
+    import time
+
+    from gaffer.domain import _ids
+
+    def spelt(value: int, width: int) -> str:
+        digits = []
+        for _ in range(width):
+            value, digit = divmod(value, 32)
+            digits.append("0123456789abcdefghjkmnpqrstvwxyz"[digit])
+        return "".join(reversed(digits))
+
+    before = time.time_ns() // 1_000_000
+    ids = [_ids.new_job_id() for _ in range(200)]
+    after = time.time_ns() // 1_000_000
+    assert all(i.startswith("j_") and len(i) == 28 for i in ids)
+    assert spelt(before, 10) <= min(i[2:12] for i in ids)
+    assert max(i[2:12] for i in ids) <= spelt(after, 10)
+    assert len(set(ids)) == len(ids)
+    state = _ids._random.getstate()
+    expected = spelt(_ids._random.getrandbits(80), 16)
+    _ids._random.setstate(state)
+    assert _ids.new_agent_id()[12:] == expected

@@ -278,7 +278,9 @@ class Agents:
                 stored.lease_expires = expires
                 stored.not_before = 0.0
                 message = f"attempt {job.attempt} claimed by {agent.name}"
-                apply_state(stored, S.JOB_STATE_CLAIMED, now=now, message=message, actor=actor)
+                apply_state(
+                    stored, job_pb2.JOB_STATE_CLAIMED, now=now, message=message, actor=actor
+                )
                 await tx.update_job(stored)
                 event = state_event(stored, changed, now=now, message=message, actor=actor)
                 events.append((stored, event))
@@ -415,7 +417,7 @@ class Agents:
             job = stored.job
             actor = await self._agent_actor(tx, job.agent_id)
             if reject:
-                if job.state not in (S.JOB_STATE_CLAIMED, S.JOB_STATE_VALIDATING):
+                if job.state not in (job_pb2.JOB_STATE_CLAIMED, job_pb2.JOB_STATE_VALIDATING):
                     raise FailedPrecondition(
                         f"job {job.id} is {S.Name(job.state)}; only a job being validated can "
                         "be rejected",
@@ -430,7 +432,7 @@ class Agents:
                     await change_state(
                         tx,
                         stored,
-                        S.JOB_STATE_FAILED,
+                        job_pb2.JOB_STATE_FAILED,
                         now=now,
                         message=f"{why} (rejected {job.rejections} times; no agent can run it)",
                         actor=actor,
@@ -458,7 +460,7 @@ class Agents:
     def _entering(self, stored: StoredJob, state: int, at: float) -> None:
         """What entering ``state`` at ``at`` sets besides the status: RUNNING starts the
         server's clock on the job's timeout."""
-        if state == S.JOB_STATE_RUNNING and stored.job.spec.HasField("timeout"):
+        if state == job_pb2.JOB_STATE_RUNNING and stored.job.spec.HasField("timeout"):
             timeout = stored.job.spec.timeout.ToTimedelta().total_seconds()
             stored.deadline = at + timeout + self._settings.timeout_grace
 
@@ -474,7 +476,7 @@ class Agents:
         """
         events: list[tuple[StoredJob, job_pb2.JobEvent]] = []
         changed = job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
-        for state in (S.JOB_STATE_VALIDATING, S.JOB_STATE_RUNNING):
+        for state in (job_pb2.JOB_STATE_VALIDATING, job_pb2.JOB_STATE_RUNNING):
             if state == until:
                 break
             if state not in passed or stored.job.state not in AGENT_UPDATE_STATES[state]:
@@ -599,7 +601,7 @@ class Agents:
 
     def _check_outcome(self, outcome: Outcome) -> None:
         limits = self._settings.limits
-        if outcome.state not in (S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED):
+        if outcome.state not in (job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED):
             raise InvalidArgument.single("state", "must be COMPLETED or FAILED")
         if len(outcome.message) > limits.max_reason_chars:
             raise InvalidArgument.single("message", f"is over {limits.max_reason_chars} characters")
@@ -615,7 +617,7 @@ class Agents:
             stored is not None
             and stored.job.attempt == fence.attempt
             and stored.lease_token == fence.lease_token
-            and (is_finished(stored.job.state) or stored.job.state == S.JOB_STATE_PENDING)
+            and (is_finished(stored.job.state) or stored.job.state == job_pb2.JOB_STATE_PENDING)
         ):
             if stored.job.history and stored.job.history[-1].actor == "server":
                 # The server ended this attempt (timeout, lapsed lease): the agent's word
@@ -642,11 +644,11 @@ class Agents:
         job.result_json = outcome.result_json
         if job.cancel_requested:
             await self._cancel_now(tx, stored, now=now, actor=actor, exit_code=exit_code)
-        elif state == S.JOB_STATE_COMPLETED:
+        elif state == job_pb2.JOB_STATE_COMPLETED:
             await change_state(
                 tx,
                 stored,
-                S.JOB_STATE_COMPLETED,
+                job_pb2.JOB_STATE_COMPLETED,
                 now=now,
                 message=outcome.message or "completed",
                 actor=actor,
@@ -715,7 +717,7 @@ class Agents:
         await change_state(
             tx,
             stored,
-            S.JOB_STATE_CANCELED,
+            job_pb2.JOB_STATE_CANCELED,
             now=now,
             message=f"canceled by {stored.job.canceled_by}{note}",
             actor=actor,
@@ -732,7 +734,9 @@ class Agents:
         stored.lease_expires = 0.0
         stored.deadline = 0.0
         stored.not_before = 0.0
-        await change_state(tx, stored, S.JOB_STATE_PENDING, now=now, message=message, actor=actor)
+        await change_state(
+            tx, stored, job_pb2.JOB_STATE_PENDING, now=now, message=message, actor=actor
+        )
         stored.job.agent_id = ""
         stored.lease_token = ""
         await tx.update_job(stored)
@@ -760,7 +764,7 @@ class Agents:
             await change_state(
                 tx,
                 stored,
-                S.JOB_STATE_PENDING,
+                job_pb2.JOB_STATE_PENDING,
                 now=now,
                 message=f"attempt {job.attempt} failed ({message}); retrying"
                 + (f" in {delay:.1f}s" if delay else ""),
@@ -774,7 +778,7 @@ class Agents:
             await change_state(
                 tx,
                 stored,
-                S.JOB_STATE_FAILED,
+                job_pb2.JOB_STATE_FAILED,
                 now=now,
                 message=message,
                 actor=actor,
@@ -844,7 +848,7 @@ class Agents:
                         await self._cancel_now(
                             tx, stored, now=now, actor="server", note=" (its agent went silent)"
                         )
-                    elif job.state == S.JOB_STATE_CLAIMED:
+                    elif job.state == job_pb2.JOB_STATE_CLAIMED:
                         # Never started (the claim's answer may have died with a replica):
                         # queued again like a hand-back, not counted against the retries.
                         await self._requeue(

@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 from gaffer.core._context import Caller, CoreSettings
 from gaffer.core._event_tail import EventTail, TailSlice
@@ -116,7 +115,7 @@ class Jobs:
     def _present(self, stored: StoredJob) -> job_pb2.Job:
         """The job as callers see it, with timings filled in."""
         job = stored.job
-        job.timings.CopyFrom(job_timings(job, datetime.fromtimestamp(self._now(), UTC)))
+        job.timings.CopyFrom(job_timings(job, int(self._now() * 1e9)))
         return job
 
     async def _get(self, caller: Caller, job_id: str) -> StoredJob:
@@ -183,7 +182,7 @@ class Jobs:
                 "request_id", f"is longer than {limits.max_request_id_chars} characters"
             )
         validate_spec(spec, limits)
-        job = job_pb2.Job(id=new_job_id(), state=S.JOB_STATE_PENDING, request_id=request_id)
+        job = job_pb2.Job(id=new_job_id(), state=job_pb2.JOB_STATE_PENDING, request_id=request_id)
         job.spec.CopyFrom(spec)
         job.spec.queue = spec.queue or "default"
         job.create_time.CopyFrom(timestamp(now))
@@ -241,17 +240,22 @@ class Jobs:
                 raise job_not_found(job_id)
             job = stored.job
             message = f"canceled by {caller.actor}" + (f": {reason}" if reason else "")
-            if job.state == S.JOB_STATE_CANCELED and job.canceled_by == caller.actor:
+            if job.state == job_pb2.JOB_STATE_CANCELED and job.canceled_by == caller.actor:
                 return self._present(stored)  # a retry of a cancel whose answer was lost
             if is_finished(job.state):
                 raise FailedPrecondition(
                     f"job {job_id} is already {S.Name(job.state)}; nothing to cancel",
                     reason="JOB_FINISHED",
                 )
-            if job.state == S.JOB_STATE_PENDING:
+            if job.state == job_pb2.JOB_STATE_PENDING:
                 job.canceled_by = caller.actor
                 await change_state(
-                    tx, stored, S.JOB_STATE_CANCELED, now=now, message=message, actor=caller.actor
+                    tx,
+                    stored,
+                    job_pb2.JOB_STATE_CANCELED,
+                    now=now,
+                    message=message,
+                    actor=caller.actor,
                 )
             elif not job.cancel_requested:
                 job.cancel_requested = True
@@ -458,8 +462,10 @@ class Jobs:
                 end.exit_code = last.exit_code
             return end
         # An earlier attempt: it failed (or lost its lease) and a later one superseded it.
-        ended = [s for s in job.history if s.attempt == attempt and s.state == S.JOB_STATE_PENDING]
-        end.state = S.JOB_STATE_FAILED
+        ended = [
+            s for s in job.history if s.attempt == attempt and s.state == job_pb2.JOB_STATE_PENDING
+        ]
+        end.state = job_pb2.JOB_STATE_FAILED
         end.message = ended[-1].message if ended else f"attempt {attempt} was superseded"
         if ended and ended[-1].HasField("exit_code"):
             end.exit_code = ended[-1].exit_code

@@ -10,9 +10,8 @@ from gaffer.v1 import job_pb2
 
 
 def timestamp(now: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(now * 1e9))
-    return ts
+    seconds, nanos = divmod(int(now * 1e9), 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 async def record_event(
@@ -123,10 +122,11 @@ def apply_state(
     job = stored.job
     job.state = state  # type: ignore[assignment]
     job.message = message
-    job.update_time.CopyFrom(timestamp(now))
+    at = timestamp(now)
+    job.update_time.CopyFrom(at)
     status = job_pb2.JobStatus(
         state=state,  # type: ignore[arg-type]
-        time=timestamp(now),
+        time=at,
         message=message,
         agent_id=job.agent_id,
         attempt=job.attempt,
@@ -136,7 +136,7 @@ def apply_state(
         status.exit_code = exit_code
     job.history.append(status)
     if is_finished(state):
-        job.finish_time.CopyFrom(timestamp(now))
+        job.finish_time.CopyFrom(at)
         job.cancel_requested = False
         stored.lease_expires = 0.0
         stored.deadline = 0.0

@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,11 @@ from gaffer.store._sqlite_schema import MIGRATIONS
 from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
+
+
+def _labels_json(labels: Mapping[str, str]) -> str:
+    """The labels column: a JSON object, keys sorted (most jobs have none)."""
+    return json.dumps(dict(labels), sort_keys=True) if labels else "{}"
 
 
 def _label_path(key: str) -> str:
@@ -101,7 +106,7 @@ class _SqliteTransaction(Transaction):
                 job.spec.queue,
                 job.spec.priority,
                 job.state,
-                json.dumps(dict(job.spec.labels), sort_keys=True),
+                _labels_json(job.spec.labels),
                 job.create_time.ToNanoseconds() / 1e9,
                 job.agent_id,
                 stored.lease_token,
