@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -115,42 +117,17 @@ class GroupCommitter:
                 self._drained = asyncio.Event()
             await self._drained.wait()
 
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, on_commit: Callable[[], None], *, durable: bool = True
-    ) -> AsyncIterator[None]:
+    def transaction(
+        self, on_commit: Callable[[], None], *, durable: bool = True, value: Any = None
+    ) -> _Transaction:
         """Runs the body inside the open batch; returns once the batch committed.
 
         ``on_commit`` runs after the commit that holds the body's work (not on failure); a
-        ``durable`` body also waits until that commit is on disk.
+        ``durable`` body also waits until that commit is on disk. The context gives ``value``.
         """
         if self._closed:
             raise self._wrap_error(RuntimeError("the store is closed"))
-        self._callers += 1
-        try:
-            async with self._lock:  # free at once unless a body is suspended inside
-                batch = self._open_batch(durable)
-                self._execute("SAVEPOINT gaffer_tx")
-                try:
-                    yield
-                    self._execute("RELEASE gaffer_tx")
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        self._execute("ROLLBACK TO gaffer_tx")
-                        self._execute("RELEASE gaffer_tx")
-                    raise
-                loop = asyncio.get_running_loop()
-                done = loop.create_future()
-                batch.waiters.append((done, durable and self._sync is not None))
-                batch.on_commit.append(on_commit)
-                if batch.held and not durable:
-                    batch.held = False
-                    loop.call_soon(self._flush_soon, batch)
-            await done
-        finally:
-            self._callers -= 1
-            if not self._callers and self._drained is not None:
-                self._drained.set()
+        return _Transaction(self, on_commit, durable, value)
 
     async def between_batches(self, work: Callable[[], object]) -> None:
         """Runs ``work`` on the writer with no transaction open (the open batch commits
@@ -159,6 +136,18 @@ class GroupCommitter:
             if self._batch is not None:
                 self._commit(self._batch)
             work()
+
+    def _undo_body(self) -> None:
+        """Rolls back the work of the body that failed, and only that."""
+        with contextlib.suppress(Exception):
+            self._execute("ROLLBACK TO gaffer_tx")
+            self._execute("RELEASE gaffer_tx")
+
+    def _left(self) -> None:
+        """A caller is done (committed, failed or cancelled)."""
+        self._callers -= 1
+        if not self._callers and self._drained is not None:
+            self._drained.set()
 
     def _open_batch(self, durable: bool) -> _Batch:
         if self._batch is not None:
@@ -238,6 +227,71 @@ class GroupCommitter:
             error = self._wrap_error(error)
         for done in waiting:
             _settle(done, error)
+
+
+class _Transaction:
+    """One body's pass through the committer (a class, not a generator: every submit pays
+    for this, and two generator-based context managers cost more than the body's SQL)."""
+
+    __slots__ = ("_batch", "_committer", "_durable", "_on_commit", "_value")
+
+    def __init__(
+        self, committer: GroupCommitter, on_commit: Callable[[], None], durable: bool, value: Any
+    ) -> None:
+        self._committer = committer
+        self._on_commit = on_commit
+        self._durable = durable
+        self._value = value
+        self._batch: _Batch | None = None
+
+    async def __aenter__(self) -> Any:
+        committer = self._committer
+        committer._callers += 1
+        try:
+            await committer._lock.acquire()  # free at once unless a body is suspended inside
+        except BaseException:
+            committer._left()
+            raise
+        try:
+            self._batch = committer._open_batch(self._durable)
+            committer._execute("SAVEPOINT gaffer_tx")
+        except BaseException:
+            committer._lock.release()
+            committer._left()
+            raise
+        return self._value
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        committer = self._committer
+        batch = self._batch
+        assert batch is not None
+        try:
+            try:
+                if exc_type is not None:
+                    committer._undo_body()
+                    return
+                try:
+                    committer._execute("RELEASE gaffer_tx")
+                except BaseException:
+                    committer._undo_body()
+                    raise
+                loop = asyncio.get_running_loop()
+                done = loop.create_future()
+                batch.waiters.append((done, self._durable and committer._sync is not None))
+                batch.on_commit.append(self._on_commit)
+                if batch.held and not self._durable:
+                    batch.held = False
+                    loop.call_soon(committer._flush_soon, batch)
+            finally:
+                committer._lock.release()
+            await done
+        finally:
+            committer._left()
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

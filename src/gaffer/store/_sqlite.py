@@ -19,8 +19,8 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -442,15 +442,13 @@ class SqliteStore(Store):
         except (sqlite3.Error, ValueError) as exc:
             raise StoreUnavailable(f"SQLite store is unavailable: {exc}") from exc
 
-    @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Transaction]:
         if self._writer is None or self._committer is None:
             raise StoreUnavailable("the store is closed")
         tx = _SqliteTransaction(self._writer)
-        async with self._committer.transaction(
-            lambda: self._notifier.publish(tx.topics.names), durable=durable
-        ):
-            yield tx
+        return self._committer.transaction(
+            lambda: self._notifier.publish(tx.topics.names), durable=durable, value=tx
+        )
 
     async def any_pending(self, queues: Sequence[str], now: float) -> bool:
         row = _fetchone(
