@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.domain import OutOfRange, new_job_id
+from gaffer.domain import OutOfRange, StoreUnavailable, new_job_id
 from gaffer.store import (
     JobQuery,
     Notifier,
@@ -337,6 +337,67 @@ async def test_a_job_inserted_with_its_first_event(store: Store) -> None:
     assert saved is not None and saved.seq > 0
     events = await store.read_events(saved.tenant, after_seq=0, limit=10, job_id=stored.job.id)
     assert [e.message for e in events] == ["submitted"]
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "data", Notifier())
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def _submit(store: Store, stored: StoredJob, *, fail: bool = False) -> None:
+    async with store.transaction() as tx:
+        await tx.insert_job_with_event(stored, job_pb2.JobEvent(job_id=stored.job.id))
+        if fail:
+            raise RuntimeError("the body failed after its insert")
+
+
+async def test_new_jobs_written_at_commit_only_for_bodies_that_succeed(
+    sqlite_store: SqliteStore,
+) -> None:
+    """SQLite writes new jobs (no request_id) in bulk at commit; a failed body's stay out."""
+    kept, dropped = make_job(), make_job()
+    failed, ok = await asyncio.gather(
+        _submit(sqlite_store, dropped, fail=True), _submit(sqlite_store, kept),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert isinstance(failed, RuntimeError) and ok is None
+    assert await sqlite_store.get_job(dropped.job.id) is None
+    saved = await sqlite_store.get_job(kept.job.id)
+    assert saved is not None and saved.seq > 0
+    events = await sqlite_store.read_events("t1", after_seq=0, limit=10)
+    assert [e.job_id for e in events] == [kept.job.id]
+
+
+async def test_a_job_written_at_commit_cannot_be_updated_before_it(
+    sqlite_store: SqliteStore,
+) -> None:
+    stored = make_job()
+    with pytest.raises(ValueError, match="not written yet"):
+        async with sqlite_store.transaction() as tx:
+            await tx.insert_job_with_event(stored, job_pb2.JobEvent(job_id=stored.job.id))
+            await tx.update_job(stored)
+    assert await sqlite_store.get_job(stored.job.id) is None
+
+
+async def test_a_failed_bulk_write_fails_its_whole_batch_and_the_next_one_commits(
+    sqlite_store: SqliteStore,
+) -> None:
+    """Two bodies of one batch defer jobs with the same id: the bulk insert breaks the
+    unique index, every caller of the batch hears of it, nothing of it stays."""
+    first, clash = make_job(), make_job()
+    clash.job.id = first.job.id
+    results = await asyncio.gather(
+        _submit(sqlite_store, first), _submit(sqlite_store, clash), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert await sqlite_store.get_job(first.job.id) is None
+    assert await sqlite_store.read_events("t1", after_seq=0, limit=10) == []
+    later = make_job()
+    await _submit(sqlite_store, later)
+    assert await sqlite_store.get_job(later.job.id) is not None
 
 
 async def test_a_transaction_reads_its_own_updates_and_keeps_event_order(store: Store) -> None:

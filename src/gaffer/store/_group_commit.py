@@ -64,6 +64,8 @@ class GroupCommitter:
             caller waiting on the committer (the more wait, the more are coming).
         max_delay: the longest a batch stays open.
         siblings: how many other callers waiting on the committer mean "under load".
+        before_commit: writes what bodies left for the commit; runs just before COMMIT, and
+            its failure fails the batch as a failed COMMIT does.
     """
 
     def __init__(
@@ -76,8 +78,10 @@ class GroupCommitter:
         delay: float = 0.001,
         max_delay: float = 0.005,
         siblings: int = 2,
+        before_commit: Callable[[], object] | None = None,
     ) -> None:
         self._execute = execute
+        self._before_commit = before_commit
         self._begin = begin
         self._wrap_error = wrap_error
         self._sync = sync
@@ -118,16 +122,22 @@ class GroupCommitter:
             await self._drained.wait()
 
     def transaction(
-        self, on_commit: Callable[[], None], *, durable: bool = True, value: Any = None
+        self,
+        on_commit: Callable[[], None],
+        *,
+        durable: bool = True,
+        value: Any = None,
+        on_success: Callable[[], None] | None = None,
     ) -> _Transaction:
         """Runs the body inside the open batch; returns once the batch committed.
 
         ``on_commit`` runs after the commit that holds the body's work (not on failure); a
-        ``durable`` body also waits until that commit is on disk. The context gives ``value``.
+        ``durable`` body also waits until that commit is on disk. ``on_success`` runs when
+        the body ends without error (its work joins the batch). The context gives ``value``.
         """
         if self._closed:
             raise self._wrap_error(RuntimeError("the store is closed"))
-        return _Transaction(self, on_commit, durable, value)
+        return _Transaction(self, on_commit, durable, value, on_success)
 
     async def between_batches(self, work: Callable[[], object]) -> None:
         """Runs ``work`` on the writer with no transaction open (the open batch commits
@@ -184,6 +194,8 @@ class GroupCommitter:
     def _commit(self, batch: _Batch) -> None:
         self._batch = None
         try:
+            if self._before_commit is not None:
+                self._before_commit()
             self._execute("COMMIT")
         except Exception as exc:
             log.error("group commit failed: %s", exc)
@@ -233,13 +245,19 @@ class _Transaction:
     """One body's pass through the committer (a class, not a generator: every submit pays
     for this, and two generator-based context managers cost more than the body's SQL)."""
 
-    __slots__ = ("_batch", "_committer", "_durable", "_on_commit", "_value")
+    __slots__ = ("_batch", "_committer", "_durable", "_on_commit", "_on_success", "_value")
 
     def __init__(
-        self, committer: GroupCommitter, on_commit: Callable[[], None], durable: bool, value: Any
+        self,
+        committer: GroupCommitter,
+        on_commit: Callable[[], None],
+        durable: bool,
+        value: Any,
+        on_success: Callable[[], None] | None,
     ) -> None:
         self._committer = committer
         self._on_commit = on_commit
+        self._on_success = on_success
         self._durable = durable
         self._value = value
         self._batch: _Batch | None = None
@@ -280,6 +298,8 @@ class _Transaction:
                 except BaseException:
                     committer._undo_body()
                     raise
+                if self._on_success is not None:
+                    self._on_success()
                 loop = asyncio.get_running_loop()
                 done = loop.create_future()
                 batch.waiters.append((done, self._durable and committer._sync is not None))
