@@ -13,6 +13,9 @@ from types import TracebackType
 
 from gaffer.domain import StoreUnavailable
 
+#: Topics of work to take (gaffer.store._base: queue_topic, agent_topic).
+_WORK_PREFIXES = ("queue:", "agent:")
+
 
 class Subscription:
     """A flag set whenever one of its topics is published."""
@@ -94,6 +97,30 @@ class Notifier:
         for topic in topics:
             for sub in self._subs.get(topic, ()):
                 sub.set()
+
+    def publish_committed(self, topics: Iterable[str]) -> None:
+        """Publishes what a commit touched; when it wakes a claim, the rest a turn later.
+
+        Claims wait on queue topics and agents on their own. When one of them is woken,
+        streams and waits for a job's end are woken at the next turn of the loop: by then
+        the claim has run its body and joined a batch, which commits before the event tail
+        reads. So the job reaches its agent before the sends to followers, and they get its
+        CREATED and CLAIMED events in one read. Otherwise everything is woken at once.
+        """
+        later: list[str] = []
+        woke_work = False
+        for topic in topics:
+            if topic.startswith(_WORK_PREFIXES):
+                woke_work |= topic in self._subs
+                self.publish((topic,))
+            else:
+                later.append(topic)
+        if not later:
+            return
+        if woke_work:
+            asyncio.get_running_loop().call_soon(self.publish, later)
+        else:
+            self.publish(later)
 
     def subscriber_count(self) -> int:
         return len({sub for subs in self._subs.values() for sub in subs})

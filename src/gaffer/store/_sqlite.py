@@ -495,7 +495,7 @@ class SqliteStore(Store):
             raise StoreUnavailable("the store is closed")
         tx = _SqliteTransaction(self._writer)
         return self._committer.transaction(
-            lambda: self._notifier.publish(tx.topics.names),
+            lambda: self._notifier.publish_committed(tx.topics.names),
             durable=durable,
             value=tx,
             on_success=lambda: self._new_rows.extend(tx.new_rows),
