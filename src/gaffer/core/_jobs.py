@@ -343,7 +343,11 @@ class Jobs:
                         after_sequence = live.last
                         idle.sent()
                         yield live
-                        continue
+                        if len(live.frames) >= _EVENT_BATCH:
+                            continue  # behind: catch up at once
+                    # Caught up: whatever the tail reads meanwhile goes out at its next
+                    # wake-up, in one frame, not in a send of its own as soon as this one
+                    # is done (paced by the tail; see EventTail._appended_events).
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(idle.wait_for()):
                             await change.wait()
