@@ -108,6 +108,7 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("fanout_event_delay_p50_ms", "ms", "", None),
             ("fanout_event_delay_p99_ms", "ms", "<= 100", lambda v: v <= 100),
             ("fanout_event_msgs_per_s", "msgs/s", "", None),
+            ("fanout_jobs_seconds", "s", "", None),
         ],
     ),
     (

@@ -6,6 +6,9 @@ frame, 1,000 ``function`` no-op jobs are submitted (two agents run them). Each f
 records every sequence it got and the delay of each event (arrival minus the event's
 ``time``); at the end it reads the whole history once and checks that every stream got
 exactly the stored events, in order. The server's peak RSS is sampled from /proc throughout.
+``fanout_jobs_seconds`` is the span, in the server's event times, from the first event to
+the last job's end: how long the jobs took while the server also fed the followers (the
+delay figures include how far the follower processes, on the same cores, fell behind).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
         runs.setdefault(f"fanout_{followers}_server_rss_mb", []).append(rss.peak_mb)
         runs.setdefault("fanout_event_delay_p50_ms", []).append(delays["p50"])
         runs.setdefault("fanout_event_delay_p99_ms", []).append(delays["p99"])
+        runs.setdefault("fanout_jobs_seconds", []).append(max(r["jobs_seconds"] for r in results))
         runs.setdefault("fanout_event_msgs_per_s", []).append(
             sum(r["events_received"] for r in results) / max(r["seconds"] for r in results)
         )
@@ -133,6 +137,9 @@ class _Stream:
     def __init__(self) -> None:
         self.seqs = array.array("q")
         self.finished = 0
+        #: Server times (s) of the first event seen and of the last job's finished event.
+        self.first_time = 0.0
+        self.last_finished_time = 0.0
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
 
@@ -150,8 +157,12 @@ async def _follow(
             now = time.time()
             for event in frame_events(frame):
                 stream.seqs.append(event.sequence)
-                delays.append((now - event.time.ToNanoseconds() / 1e9) * 1000)
+                at = event.time.seconds + event.time.nanos / 1e9
+                delays.append((now - at) * 1000)
+                if not stream.first_time:
+                    stream.first_time = at
                 if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+                    stream.last_finished_time = at
                     stream.finished += 1
                     if stream.finished >= jobs:
                         stream.done.set()
@@ -211,6 +222,9 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
         "events_stored": len(truth),
         "events_received": sum(len(s.seqs) for s in streams),
         "seconds": seconds,
+        "jobs_seconds": max(
+            (s.last_finished_time - s.first_time for s in streams if s.first_time), default=0.0
+        ),
         "delay_ms": {
             "count": len(ordered),
             "p50": percentile(ordered, 50),
