@@ -24,10 +24,10 @@ from gaffer.store import EVENTS_TOPIC, Notifier, Store
 log = logging.getLogger(__name__)
 
 _READ_BATCH = 1000
-# Twice what sending one frame to one follower costs the loop (25-35 us measured, 1,000
+# The loop time a wake-up may take per follower (a send costs 25-35 us, measured with 1,000
 # followers), and the longest pause between wake-ups however many follow (see
 # EventTail._appended_events).
-_SEND_COST = 60e-6
+_SEND_COST = 100e-6
 _MAX_PACE = 0.25
 # Wire tags (field number << 3 | length-delimited): StreamJobEventsResponse.event and
 # JobEventBatch.events are both field 1, StreamJobEventsResponse.batch is field 3.
@@ -154,11 +154,12 @@ class EventTail:
         A wake-up costs every follower one message (about ``_SEND_COST`` of the loop each),
         so with many followers they are woken at most every ``followers x _SEND_COST``
         seconds: events that arrive meanwhile go out together (a follower that is caught up
-        sends again only at the next wake-up, see Jobs.events), and the sends take at most
-        about half the loop, leaving the rest to submits and agents. Measured here with 1,000
+        sends again only at the next wake-up, see Jobs.events), and the sends take about a
+        third of the loop, leaving the rest to submits and agents. Measured here with 1,000
         followers: woken at every event, a submit took 60 ms and submits ran at 21/s; when
-        each follower sent again as soon as its last send was done, 1,000 jobs took 57 s
-        instead of 4. A few followers are woken at once.
+        each follower sent again as soon as its last send was done, 1,000 jobs took 57 s; at
+        60 us per follower they took 34-61 s, at 100 us 4-7 s. A few followers are woken at
+        once.
         """
         if self._pending_wake is not None:
             return
