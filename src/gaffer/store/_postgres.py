@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -60,8 +59,7 @@ from gaffer.store._pg_notify import CONNECTION_ERRORS, Listener, encode_payloads
 from gaffer.store._postgres_schema import MIGRATIONS
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
-from gaffer.store._rows import body_without_spec as _body_without_spec
-from gaffer.store._rows import event_from_row, job_changes
+from gaffer.store._rows import event_from_row, job_changes, job_row
 from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.v1 import job_pb2
 
@@ -210,24 +208,7 @@ class _PostgresTransaction(Transaction):
 
     async def _insert(self, stored: StoredJob, event: job_pb2.JobEvent | None) -> StoredJob:
         """The job's row, and its first event in the same statement when there is one."""
-        job = stored.job
-        args = (
-            job.id,
-            stored.tenant,
-            job.request_id or None,
-            job.spec.queue,
-            job.spec.priority,
-            job.state,
-            json.dumps(dict(job.spec.labels), sort_keys=True),
-            job.create_time.ToNanoseconds() / 1e9,
-            job.agent_id,
-            stored.lease_token,
-            stored.lease_expires,
-            stored.not_before,
-            stored.deadline,
-            job.spec.SerializeToString(),
-            _body_without_spec(job),
-        )
+        args = job_row(stored)
         await self.flush()
         with _mapped("insert a job"):
             try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gaffer.store._base import StoredAgent, StoredJob
@@ -34,6 +35,35 @@ def body_without_spec(job: job_pb2.Job) -> bytes:
     copy.CopyFrom(job)
     copy.ClearField("spec")
     return copy.SerializeToString()
+
+
+def labels_json(labels: Mapping[str, str]) -> str:
+    """The labels column: a JSON object, keys sorted (most jobs have none)."""
+    return json.dumps(dict(labels), sort_keys=True) if labels else "{}"
+
+
+def job_row(stored: StoredJob) -> tuple[Any, ...]:
+    """A new job's row, in this order: id, tenant, request_id, queue, priority, state,
+    labels, created_at, agent_id, lease_token, lease_expires, not_before, deadline, spec,
+    body (without the spec)."""
+    job = stored.job
+    return (
+        job.id,
+        stored.tenant,
+        job.request_id or None,
+        job.spec.queue,
+        job.spec.priority,
+        job.state,
+        labels_json(job.spec.labels),
+        job.create_time.seconds + job.create_time.nanos / 1e9,
+        job.agent_id,
+        stored.lease_token,
+        stored.lease_expires,
+        stored.not_before,
+        stored.deadline,
+        job.spec.SerializeToString(),
+        body_without_spec(job),
+    )
 
 
 def job_changes(stored: StoredJob) -> tuple[Any, ...]:

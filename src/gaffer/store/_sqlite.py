@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,18 +45,12 @@ from gaffer.store._log_rules import TailScan, log_append, new_bytes, trimmed_chu
 from gaffer.store._notifier import Notifier
 from gaffer.store._rows import JOB_COLUMNS as _JOB_COLUMNS
 from gaffer.store._rows import agent_from_row as _agent_from_row
-from gaffer.store._rows import body_without_spec as _body_without_spec
-from gaffer.store._rows import event_from_row, job_changes
+from gaffer.store._rows import event_from_row, job_changes, job_row
 from gaffer.store._rows import job_from_row as _job_from_row
 from gaffer.store._sqlite_schema import MIGRATIONS
 from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
-
-
-def _labels_json(labels: Mapping[str, str]) -> str:
-    """The labels column: a JSON object, keys sorted (most jobs have none)."""
-    return json.dumps(dict(labels), sort_keys=True) if labels else "{}"
 
 
 def _label_path(key: str) -> str:
@@ -97,27 +90,6 @@ _INSERT_JOB = (
 _INSERT_EVENT = "INSERT INTO events (job_id, tenant, body) VALUES (?, ?, ?)"
 
 
-def _job_row(stored: StoredJob) -> tuple[Any, ...]:
-    job = stored.job
-    return (
-        job.id,
-        stored.tenant,
-        job.request_id or None,
-        job.spec.queue,
-        job.spec.priority,
-        job.state,
-        _labels_json(job.spec.labels),
-        job.create_time.seconds + job.create_time.nanos / 1e9,
-        job.agent_id,
-        stored.lease_token,
-        stored.lease_expires,
-        stored.not_before,
-        stored.deadline,
-        job.spec.SerializeToString(),
-        _body_without_spec(job),
-    )
-
-
 @dataclass
 class _NewRows:
     """Rows of new jobs and their first events, inserted in bulk just before a COMMIT: per
@@ -148,7 +120,7 @@ class _SqliteTransaction(Transaction):
         return _fetchone(self._conn, sql, params)
 
     async def insert_job(self, stored: StoredJob) -> StoredJob:
-        cursor = self._conn.execute(_INSERT_JOB, _job_row(stored))
+        cursor = self._conn.execute(_INSERT_JOB, job_row(stored))
         stored.seq = cursor.lastrowid or 0
         return stored
 
@@ -159,7 +131,7 @@ class _SqliteTransaction(Transaction):
         submit with the same request_id in this batch finds it."""
         if stored.job.request_id:
             return await super().insert_job_with_event(stored, event)
-        self.new_rows.jobs.append(_job_row(stored))
+        self.new_rows.jobs.append(job_row(stored))
         self.new_rows.events.append((event.job_id, stored.tenant, event.SerializeToString()))
         return stored
 
