@@ -6,13 +6,12 @@ writer connection, grouped by a GroupCommitter so that concurrent ones share a
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a thread of its own. New jobs
 without a request_id (and their first events) are inserted in bulk just before the COMMIT
 rather than one by one in their bodies: two statements per batch instead of two per submit.
-Point reads
-use a second connection and never wait for writers (WAL); reads that may scan many rows
-(listing jobs, events filtered by job fields) go through aiosqlite on a third, whose thread
-also runs the checkpoints (so a commit does not stall the loop on the disk). Only a WAL past
-``wal_limit_bytes`` has the writer finish a checkpoint, between two batches (a short stall:
-what came during the last pass, and a sync): under writes that never pause, that is the only
-way the WAL can start over instead of growing for good.
+Point reads use a second connection and never wait for writers (WAL); reads that may scan
+many rows (listing jobs, events filtered by job fields) go through aiosqlite on a third,
+whose thread also runs the checkpoints (so a commit does not stall the loop on the disk).
+Only a WAL past ``wal_limit_bytes`` has the writer finish a checkpoint, between two batches
+(a short stall: what came during the last pass, and a sync): under writes that never pause,
+that is the only way the WAL can start over instead of growing for good.
 """
 
 from __future__ import annotations
