@@ -371,6 +371,35 @@ async def test_new_jobs_written_at_commit_only_for_bodies_that_succeed(
     assert [e.job_id for e in events] == [kept.job.id]
 
 
+async def _submit_once(store: Store, stored: StoredJob) -> str:
+    """What Jobs.submit does with a request_id: the first job made for it, or this one."""
+    async with store.transaction() as tx:
+        found = await tx.find_request(stored.tenant, stored.job.request_id)
+        if found is not None:
+            return found.job.id
+        await tx.insert_job_with_event(stored, job_pb2.JobEvent(job_id=stored.job.id))
+        return stored.job.id
+
+
+async def test_a_request_id_repeated_before_the_commit_finds_the_first_job(
+    sqlite_store: SqliteStore,
+) -> None:
+    """New jobs wait for the commit to be written; a repeat in the same batch (another
+    body, or the same one) must still find the first, not make a second job."""
+    first, again = make_job(request_id="r1"), make_job(request_id="r1")
+    ids = await asyncio.gather(_submit_once(sqlite_store, first), _submit_once(sqlite_store, again))
+    assert ids == [first.job.id, first.job.id]
+    async with sqlite_store.transaction() as tx:
+        both = make_job(request_id="r2")
+        await tx.insert_job_with_event(both, job_pb2.JobEvent(job_id=both.job.id))
+        found = await tx.find_request("t1", "r2")
+        assert found is not None and found.job.id == both.job.id and found.job is not both.job
+    query = JobQuery()
+    listed = await sqlite_store.list_jobs("t1", query, newest_first=False, after_seq=0, limit=9)
+    assert [j.job.request_id for j in listed] == ["r1", "r2"]
+    assert (await sqlite_store.get_job(first.job.id)) is not None
+
+
 async def test_a_job_written_at_commit_cannot_be_updated_before_it(
     sqlite_store: SqliteStore,
 ) -> None:

@@ -4,8 +4,8 @@ Statements run synchronously on the loop: on a warm page cache one costs a few m
 less than a hop to a worker thread and back. Write transactions run one after another on the
 writer connection, grouped by a GroupCommitter so that concurrent ones share a
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a thread of its own. New jobs
-without a request_id (and their first events) are inserted in bulk just before the COMMIT
-rather than one by one in their bodies: two statements per batch instead of two per submit.
+(and their first events) are inserted in bulk just before the COMMIT rather than one by one
+in their bodies: two statements per batch instead of two per submit.
 Point reads use a second connection and never wait for writers (WAL); reads that may scan
 many rows (listing jobs, events filtered by job fields) go through aiosqlite on a third,
 whose thread also runs the checkpoints (so a commit does not stall the loop on the disk).
@@ -22,7 +22,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,28 +92,40 @@ _INSERT_EVENT = "INSERT INTO events (job_id, tenant, body) VALUES (?, ?, ?)"
 @dataclass
 class _NewRows:
     """Rows of new jobs and their first events, inserted in bulk just before a COMMIT: per
-    submit, two statements less on the loop."""
+    submit, two statements less on the loop. ``requests`` finds the jobs among them that
+    carry a request_id, for a later submit of the same batch with the same one."""
 
     jobs: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[str, str, bytes]] = field(default_factory=list)
+    requests: dict[tuple[str, str], StoredJob] = field(default_factory=dict)
+
+    def add(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
+        self.jobs.append(job_row(stored))
+        self.events.append((event.job_id, stored.tenant, event.SerializeToString()))
+        if stored.job.request_id:
+            self.requests[(stored.tenant, stored.job.request_id)] = stored
 
     def extend(self, other: _NewRows) -> None:
         self.jobs += other.jobs
         self.events += other.events
+        self.requests.update(other.requests)
 
     def write(self, conn: sqlite3.Connection) -> None:
         jobs, events, self.jobs, self.events = self.jobs, self.events, [], []
+        self.requests = {}
         if jobs:
             conn.executemany(_INSERT_JOB, jobs)
             conn.executemany(_INSERT_EVENT, events)
 
 
 class _SqliteTransaction(Transaction):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, batch_rows: _NewRows) -> None:
         self._conn = conn
         self.topics = Topics()
         #: New jobs this body deferred to the commit (kept only if the body succeeds).
         self.new_rows = _NewRows()
+        #: Those of the bodies before it in the batch.
+        self._batch_rows = batch_rows
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return _fetchone(self._conn, sql, params)
@@ -124,17 +136,19 @@ class _SqliteTransaction(Transaction):
         return stored
 
     async def insert_job_with_event(self, stored: StoredJob, event: job_pb2.JobEvent) -> StoredJob:
-        """A job without a request_id is written at commit, with the other new jobs of the
-        batch in one statement (its ``seq`` stays 0: nothing reads or updates a job before the
-        commit that makes its id known). One with a request_id is written now, so that a later
-        submit with the same request_id in this batch finds it."""
-        if stored.job.request_id:
-            return await super().insert_job_with_event(stored, event)
-        self.new_rows.jobs.append(job_row(stored))
-        self.new_rows.events.append((event.job_id, stored.tenant, event.SerializeToString()))
+        """Written at commit, with the other new jobs of the batch in one statement (its
+        ``seq`` stays 0: nothing reads or updates a job before the commit that makes its id
+        known, but find_request finds it by its request_id meanwhile)."""
+        self.new_rows.add(stored, event)
         return stored
 
     async def find_request(self, tenant: str, request_id: str) -> StoredJob | None:
+        key = (tenant, request_id)
+        pending = self.new_rows.requests.get(key) or self._batch_rows.requests.get(key)
+        if pending is not None:  # a copy, as a read would give
+            job = job_pb2.Job()
+            job.CopyFrom(pending.job)
+            return replace(pending, job=job)
         row = self._one(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND request_id = ?",
             (tenant, request_id),
@@ -464,7 +478,7 @@ class SqliteStore(Store):
     def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Transaction]:
         if self._writer is None or self._committer is None:
             raise StoreUnavailable("the store is closed")
-        tx = _SqliteTransaction(self._writer)
+        tx = _SqliteTransaction(self._writer, self._new_rows)
         return self._committer.transaction(
             lambda: self._notifier.publish_committed(tx.topics.names),
             durable=durable,
