@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gaffer.core import Agents, CoreSettings, Jobs, run_sweeper
 from gaffer.domain import StoreUnavailable
 from gaffer.server._agent_servicer import AgentServicer
 from gaffer.server._config import ServerConfig, check_listen
-from gaffer.server._handlers import GuardInterceptor
+from gaffer.server._handlers import Guard, GuardedRegistry
 from gaffer.server._job_servicer import JobServicer
 from gaffer.server._metrics import Metrics, serve_metrics
 from gaffer.store import BlobStore, Notifier, SqliteStore, Store
@@ -184,19 +184,25 @@ async def start_server(config: ServerConfig) -> RunningServer:
     )
     server = grpc.aio.server(
         options=grpc_options(config),
-        interceptors=[GuardInterceptor(metrics)],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
+    registry = GuardedRegistry(server, Guard(metrics))
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(jobs, config.limits, settings.keepalive_default), server
+        JobServicer(jobs, config.limits, settings.keepalive_default), registry
     )
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(agents, config.limits, config.lease_ttl, config.heartbeat_interval), server
+        AgentServicer(agents, config.limits, config.lease_ttl, config.heartbeat_interval),
+        registry,
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (JOB_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
+    # What reflection.enable_server_reflection does for a grpc.aio server (it would take the
+    # registry for a sync server).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            (JOB_SERVICE, AGENT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+        registry,
     )
     try:
         port = server.add_insecure_port(config.listen)
