@@ -83,6 +83,11 @@ def agent_topic(agent_id: str) -> str:
     return f"agent:{agent_id}"
 
 
+#: What queue_topic and agent_topic begin with: topics of work to take (claims wait on a
+#: queue's, an agent's heartbeat on its own), which a commit wakes first.
+WORK_TOPIC_PREFIXES = ("queue:", "agent:")
+
+
 EVENTS_TOPIC = "events"
 
 

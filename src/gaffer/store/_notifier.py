@@ -12,9 +12,7 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from gaffer.domain import StoreUnavailable
-
-#: Topics of work to take (gaffer.store._base: queue_topic, agent_topic).
-_WORK_PREFIXES = ("queue:", "agent:")
+from gaffer.store._base import WORK_TOPIC_PREFIXES
 
 
 class Subscription:
@@ -110,7 +108,7 @@ class Notifier:
         later: list[str] = []
         woke_work = False
         for topic in topics:
-            if topic.startswith(_WORK_PREFIXES):
+            if topic.startswith(WORK_TOPIC_PREFIXES):
                 woke_work |= topic in self._subs
                 self.publish((topic,))
             else:
