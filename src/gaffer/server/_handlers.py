@@ -122,27 +122,23 @@ class Guard:
             )
         return handler._replace(**changes)
 
-    @contextlib.contextmanager
-    def _counted(self, method: str, stream: bool) -> Any:
+    def _started(self, method: str, stream: bool) -> None:
         metrics = self._metrics
         metrics.calls[method] = metrics.calls.get(method, 0) + 1
         metrics.rpcs_in_flight += 1
         metrics.open_streams += stream
-        try:
-            yield
-        finally:
-            metrics.rpcs_in_flight -= 1
-            metrics.open_streams -= stream
+
+    def _ended(self, stream: bool) -> None:
+        self._metrics.rpcs_in_flight -= 1
+        self._metrics.open_streams -= stream
 
     def _unary(
-        self, behavior: Callable[..., Any], method: str, *, streaming_in: bool
+        self, behavior: Callable[..., Any], method: str, *, streaming_in: bool, stream: bool = False
     ) -> Callable[..., Any]:
-        metrics = self._metrics
+        """Methods that return their answer (or, for a stream, write it with context.write)."""
 
         async def call(request: Any, context: Ctx) -> Any:
-            # What _counted does, inline: every unary call pays for this.
-            metrics.calls[method] = metrics.calls.get(method, 0) + 1
-            metrics.rpcs_in_flight += 1
+            self._started(method, stream)
             try:
                 return await behavior(_decoded(request, streaming_in), context)
             except _PASS_THROUGH:
@@ -150,7 +146,7 @@ class Guard:
             except BaseException as exc:
                 await abort(context, exc)
             finally:
-                metrics.rpcs_in_flight -= 1
+                self._ended(stream)
 
         return call
 
@@ -159,31 +155,24 @@ class Guard:
     ) -> Callable[..., Any]:
         if not inspect.isasyncgenfunction(behavior):
             # Writes with context.write() and returns (the health Watch does).
-            async def write_call(request: Any, context: Ctx) -> Any:
-                with self._counted(method, stream=True):
-                    try:
-                        return await behavior(_decoded(request, streaming_in), context)
-                    except _PASS_THROUGH:
-                        raise
-                    except BaseException as exc:
-                        await abort(context, exc)
-
-            return write_call
+            return self._unary(behavior, method, streaming_in=streaming_in, stream=True)
 
         async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
             # Each yield waits until grpc has sent the message, which HTTP/2 flow control holds
             # back while the reader is slow: a stream buffers at most one batch of its own, and
             # the transport at most the reader's window (tests/e2e/test_bounded_slow_reader.py).
-            with self._counted(method, stream=True):
-                try:
-                    items_of = behavior(_decoded(request, streaming_in), context)
-                    async with contextlib.aclosing(items_of) as items:
-                        async for item in items:
-                            yield item
-                except _PASS_THROUGH:
-                    raise
-                except BaseException as exc:
-                    await abort(context, exc)
+            self._started(method, stream=True)
+            try:
+                items_of = behavior(_decoded(request, streaming_in), context)
+                async with contextlib.aclosing(items_of) as items:
+                    async for item in items:
+                        yield item
+            except _PASS_THROUGH:
+                raise
+            except BaseException as exc:
+                await abort(context, exc)
+            finally:
+                self._ended(stream=True)
 
         return call
 
