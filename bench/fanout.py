@@ -3,8 +3,10 @@
 Followers are grpc.aio streams (StreamJobEvents of all jobs from sequence 0, keepalive 1 s)
 spread over a few channels in two load processes. Once every stream has had its first
 frame, 1,000 ``function`` no-op jobs are submitted (two agents run them). Each follower
-records every sequence it got and the delay of each event (arrival minus the event's
-``time``); at the end it reads the whole history once and checks that every stream got
+stores every frame as it arrives, with its arrival time; one stream per process decodes as
+it goes, to know when the last job finished. After the run each process decodes its frames:
+every sequence a stream got, and the delay of each event (its frame's arrival minus the
+event's ``time``). It then reads the whole history once and checks that every stream got
 exactly the stored events, in order. The server's peak RSS is sampled from /proc throughout.
 ``fanout_jobs_seconds`` is the span, in the server's event times, from the first event to
 the last job's end: how long the jobs took while the server also fed the followers (the
@@ -135,43 +137,80 @@ def _load_argv(address: str, what: str) -> list[str]:
 
 class _Stream:
     def __init__(self) -> None:
-        self.seqs = array.array("q")
-        self.finished = 0
-        #: Server times (s) of the first event seen and of the last job's finished event.
-        self.first_time = 0.0
-        self.last_finished_time = 0.0
+        #: (arrival time, raw StreamJobEventsResponse) of every frame, decoded after the run.
+        self.frames: list[tuple[float, bytes]] = []
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
 
+    def reached(self, target: int) -> bool:
+        return any(_frame_last(raw) >= target for _, raw in self.frames[-1:])
 
-async def _follow(
-    stub: job_service_pb2_grpc.JobServiceStub, stream: _Stream, jobs: int, delays: array.array
-) -> None:
+
+class _Progress:
+    """Counts the jobs finished, on one stream that decodes as it goes (the others only
+    store their frames), and then knows the sequence every stream must reach."""
+
+    def __init__(self, jobs: int, streams: list[_Stream]) -> None:
+        self.jobs = jobs
+        self.finished = 0
+        self.target = 0
+        self._streams = streams
+
+    def count(self, raw: bytes) -> None:
+        for event in frame_events(job_service_pb2.StreamJobEventsResponse.FromString(raw)):
+            if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+                self.finished += 1
+                if self.finished >= self.jobs:
+                    self.target = event.sequence
+                    for stream in self._streams:
+                        if stream.reached(self.target):
+                            stream.done.set()
+                    return
+
+
+def _frame_last(raw: bytes) -> int:
+    events = frame_events(job_service_pb2.StreamJobEventsResponse.FromString(raw))
+    return events[-1].sequence if events else 0
+
+
+async def _follow(stream_events: Any, stream: _Stream, progress: _Progress, counting: bool) -> None:
+    """Stores each frame with its arrival time. Decoding waits until the run is over, so
+    that the delay measured is the server's and the network's, not the backlog of Python
+    decoding 4 million events in two processes that share the server's two cores."""
     request = job_service_pb2.StreamJobEventsRequest(
         after_sequence=0, keepalive_interval=duration_pb2.Duration(seconds=1), batch=True
     )
-    call = stub.StreamJobEvents(request)
+    call = stream_events(request)
     try:
-        async for frame in call:
+        async for raw in call:
+            stream.frames.append((time.time(), raw))
             stream.ready.set()
-            now = time.time()
-            for event in frame_events(frame):
-                stream.seqs.append(event.sequence)
-                at = event.time.seconds + event.time.nanos / 1e9
-                delays.append((now - at) * 1000)
-                if not stream.first_time:
-                    stream.first_time = at
-                if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
-                    stream.last_finished_time = at
-                    stream.finished += 1
-                    if stream.finished >= jobs:
-                        stream.done.set()
-                        return
+            if counting and not progress.target:
+                progress.count(raw)
+            if progress.target and _frame_last(raw) >= progress.target:
+                stream.done.set()
+                return
     except grpc.aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.CANCELLED:
             print(f"follower stream failed: {error.code()} {error.details()}", flush=True)
     finally:
         call.cancel()
+
+
+def _decode(stream: _Stream, delays: array.array) -> tuple[array.array, float, float]:
+    """The stream's sequences, with each event's delay appended to ``delays``, and the
+    server times (s) of its first event and of its last job's finished event."""
+    seqs = array.array("q")
+    first = last_finished = 0.0
+    for arrival, raw in stream.frames:
+        for event in frame_events(job_service_pb2.StreamJobEventsResponse.FromString(raw)):
+            seqs.append(event.sequence)
+            at = event.time.seconds + event.time.nanos / 1e9
+            delays.append((arrival - at) * 1000)
+            first = first or at
+            if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+                last_finished = at
+    return seqs, first, last_finished
 
 
 async def _history(stub: job_service_pb2_grpc.JobServiceStub) -> list[int]:
@@ -183,11 +222,18 @@ async def _history(stub: job_service_pb2_grpc.JobServiceStub) -> list[int]:
 
 async def _followers(args: argparse.Namespace) -> dict[str, Any]:
     channels = [channel(args.target) for _ in range(CHANNELS_PER_PROCESS)]
-    stubs = [job_service_pb2_grpc.JobServiceStub(ch) for ch in channels]
-    delays = array.array("d")
+    raw_streams = [
+        ch.unary_stream(
+            "/gaffer.v1.JobService/StreamJobEvents",
+            request_serializer=job_service_pb2.StreamJobEventsRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        for ch in channels
+    ]
     streams = [_Stream() for _ in range(args.streams)]
+    progress = _Progress(args.jobs, streams)
     tasks = [
-        asyncio.create_task(_follow(stubs[i % len(stubs)], s, args.jobs, delays))
+        asyncio.create_task(_follow(raw_streams[i % len(channels)], s, progress, i == 0))
         for i, s in enumerate(streams)
     ]
     try:
@@ -206,13 +252,15 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        truth = array.array("q", await _history(stubs[0]))
+        truth = array.array("q", await _history(job_service_pb2_grpc.JobServiceStub(channels[0])))
     finally:
         for ch in channels:
             await ch.close()
-    complete = sum(1 for s in streams if s.seqs == truth)
+    delays = array.array("d")
+    decoded = [_decode(s, delays) for s in streams]
+    complete = sum(1 for seqs, _, _ in decoded if seqs == truth)
     # Late is not lost: a stream cut short by the timeout got a gapless, repeat-free prefix.
-    exact_prefix = sum(1 for s in streams if s.seqs == truth[: len(s.seqs)])
+    exact_prefix = sum(1 for seqs, _, _ in decoded if seqs == truth[: len(seqs)])
     ordered = list(delays)
     return {
         "streams": len(streams),
@@ -220,11 +268,10 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
         "exact_prefix_streams": exact_prefix,
         "timed_out": timed_out,
         "events_stored": len(truth),
-        "events_received": sum(len(s.seqs) for s in streams),
+        "events_received": sum(len(seqs) for seqs, _, _ in decoded),
+        "frames_received": sum(len(s.frames) for s in streams),
         "seconds": seconds,
-        "jobs_seconds": max(
-            (s.last_finished_time - s.first_time for s in streams if s.first_time), default=0.0
-        ),
+        "jobs_seconds": max((end - start for _, start, end in decoded if start), default=0.0),
         "delay_ms": {
             "count": len(ordered),
             "p50": percentile(ordered, 50),
