@@ -130,7 +130,7 @@ async def test_a_caught_up_follower_sends_what_came_during_its_send_at_the_next_
         Caller(), job_id=None, query=None, after_sequence=0, from_now=False, keepalive=30.0
     )
     with contextlib.ExitStack() as others:
-        for _ in range(4000):  # followers besides this one: wake-ups 0.24 s apart
+        for _ in range(4000):  # followers besides this one: wake-ups 0.5 s apart
             others.enter_context(jobs._tail.following())
         first = asyncio.ensure_future(anext(stream))
         await wait_until_async(lambda: _following(jobs), what="the stream to follow")
