@@ -42,6 +42,8 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("floor_unary_calls_per_s_64", "calls/s", "", None),
             ("floor_unary_p50_ms_1", "ms", "", None),
             ("floor_stream_msgs_per_s", "msgs/s", "", None),
+            ("floor_fanout_round_ms", "ms", "", None),
+            ("floor_fanout_cpu_us_per_frame", "us", "", None),
         ],
     ),
     (
@@ -109,6 +111,7 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("fanout_event_delay_p99_ms", "ms", "<= 100", lambda v: v <= 100),
             ("fanout_event_msgs_per_s", "msgs/s", "", None),
             ("fanout_jobs_seconds", "s", "", None),
+            ("fanout_server_cpu_us_per_frame", "us", "", None),
         ],
     ),
     (

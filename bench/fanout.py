@@ -9,8 +9,9 @@ every sequence a stream got, and the delay of each event (its frame's arrival mi
 event's ``time``). It then reads the whole history once and checks that every stream got
 exactly the stored events, in order. The server's peak RSS is sampled from /proc throughout.
 ``fanout_jobs_seconds`` is the span, in the server's event times, from the first event to
-the last job's end: how long the jobs took while the server also fed the followers (the
-delay figures include how far the follower processes, on the same cores, fell behind).
+the last job's end: how long the jobs took while the server also fed the followers.
+``fanout_server_cpu_us_per_frame`` is all of the server's CPU time over the frames it sent
+(the jobs' own work included), to set beside the floor's ``floor_fanout_cpu_us_per_frame``.
 """
 
 from __future__ import annotations
@@ -85,8 +86,14 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
         runs.setdefault("fanout_event_delay_p50_ms", []).append(delays["p50"])
         runs.setdefault("fanout_event_delay_p99_ms", []).append(delays["p99"])
         runs.setdefault("fanout_jobs_seconds", []).append(max(r["jobs_seconds"] for r in results))
+        seconds = max(r["seconds"] for r in results)
+        frames = sum(r["frames_received"] for r in results)
+        server_share = results[0]["cpu"]["gaffer-server"] / 100
+        runs.setdefault("fanout_server_cpu_us_per_frame", []).append(
+            server_share * seconds / max(frames, 1) * 1e6
+        )
         runs.setdefault("fanout_event_msgs_per_s", []).append(
-            sum(r["events_received"] for r in results) / max(r["seconds"] for r in results)
+            sum(r["events_received"] for r in results) / seconds
         )
         details.append(
             {

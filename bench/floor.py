@@ -1,7 +1,13 @@
-"""1. The floor: a bare grpc.aio service, unary calls/s at 1, 16, 64 in flight, stream msgs/s.
+"""1. The floor: a bare grpc.aio service, unary calls/s at 1, 16, 64 in flight, stream msgs/s,
+and how fast it can send one frame to each of many streams (the fan-out's floor).
 
 The service (:mod:`bench.floor_server`) runs in its own process; the load runs in another
-(``python -m bench.floor load ...``), one channel, calls back to back.
+(``python -m bench.floor load ...``), one channel, calls back to back. For the fan-out floor
+the load opens as many streams as the fan-out has followers, over a few channels, and the
+service sends rounds of one event-batch-sized frame to each, every round as soon as the last
+one is sent: ``floor_fanout_round_ms`` is the shortest time between two frames to every
+follower that a server doing nothing else achieves, and ``floor_fanout_cpu_us_per_frame`` the
+server's CPU per frame sent.
 """
 
 from __future__ import annotations
@@ -11,15 +17,21 @@ import asyncio
 import time
 from typing import Any
 
+import grpc
+
 from bench._config import Config
 from bench._load import CpuWindow, add_watch, channel, closed_loop, watch_args, watched
 from bench._procs import LISTENING, Procs, emit, python
 from bench._stats import summary
-from bench.floor_server import PING, STREAM
+from bench.floor_server import BROADCAST, PING, STREAM
 
 NAME = "floor"
 #: Bytes per streamed message: about the size of a job event.
 STREAM_MESSAGE_BYTES = 100
+#: Bytes per fan-out frame: about a batch of the 20 events a follower gets per wake-up.
+FANOUT_FRAME_BYTES = 2000
+FANOUT_ROUNDS = 40
+FANOUT_CHANNELS = 8
 
 
 def run(cfg: Config, procs: Procs) -> dict[str, Any]:
@@ -42,6 +54,11 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
         out = procs.load("floor", "stream", target, "--duration", str(cfg.duration), *watch)
         runs.setdefault("floor_stream_msgs_per_s", []).append(out["msgs_per_s"])
         cpu["stream"] = out["cpu"]
+        followers = str(cfg.fanout_followers)
+        out = procs.load("floor", "fanout", target, "--streams", followers, *watch)
+        runs.setdefault("floor_fanout_round_ms", []).append(out["round_ms"])
+        runs.setdefault("floor_fanout_cpu_us_per_frame", []).append(out["cpu_us_per_frame"])
+        cpu["fanout"] = out["cpu"]
     procs.stop(server)
     return {"figures": {k: summary(v) for k, v in runs.items()}, "cpu": cpu}
 
@@ -83,17 +100,50 @@ async def _stream(args: argparse.Namespace) -> dict[str, Any]:
         return {"msgs_per_s": (count - base) / elapsed, "cpu": cpu.percent()}
 
 
+async def _fanout(args: argparse.Namespace) -> dict[str, Any]:
+    """``--streams`` streams get rounds of one frame each; the time per round from the first
+    round's first frame to the last round's last, and the server's CPU per frame meanwhile."""
+    channels = [channel(args.target) for _ in range(FANOUT_CHANNELS)]
+    request = f"{args.streams} {FANOUT_ROUNDS} {FANOUT_FRAME_BYTES}".encode()
+    window: list[Any] = []  # [first arrival, CpuWindow]
+    last = 0.0
+
+    async def follow(ch: grpc.aio.Channel) -> None:
+        nonlocal last
+        async for _ in ch.unary_stream(BROADCAST)(request):
+            last = time.perf_counter()
+            if not window:
+                window.extend((last, CpuWindow(watched(args))))
+
+    try:
+        await asyncio.gather(*(follow(channels[i % len(channels)]) for i in range(args.streams)))
+    finally:
+        for ch in channels:
+            await ch.close()
+    first, cpu = window
+    shares = cpu.percent()
+    seconds = last - first
+    frames = args.streams * FANOUT_ROUNDS
+    return {
+        "round_ms": seconds / FANOUT_ROUNDS * 1000,
+        "cpu_us_per_frame": shares["floor-server"] / 100 * seconds / frames * 1e6,
+        "cpu": shares,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floor load")
     parser.add_argument("load", choices=["load"])
-    parser.add_argument("what", choices=["unary", "stream"])
+    parser.add_argument("what", choices=["unary", "stream", "fanout"])
     parser.add_argument("target")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--streams", type=int, default=1000)
     add_watch(parser)
     args = parser.parse_args()
-    emit(asyncio.run(_unary(args) if args.what == "unary" else _stream(args)))
+    load = {"unary": _unary, "stream": _stream, "fanout": _fanout}[args.what]
+    emit(asyncio.run(load(args)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 ``python -m bench.floor_server [--listen 127.0.0.1:0]`` prints ``floor server listening on
 HOST:PORT``. ``/bench.Floor/Ping`` answers empty bytes; ``/bench.Floor/Stream`` takes
-``b"COUNT SIZE"`` and sends COUNT messages of SIZE bytes.
+``b"COUNT SIZE"`` and sends COUNT messages of SIZE bytes. ``/bench.Floor/Broadcast`` takes
+``b"STREAMS ROUNDS SIZE"``: once STREAMS such calls are open, each gets one SIZE-byte message
+per round, ROUNDS rounds back to back (a round starts when every stream sent the last one).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 SERVICE = "bench.Floor"
 PING = f"/{SERVICE}/Ping"
 STREAM = f"/{SERVICE}/Stream"
+BROADCAST = f"/{SERVICE}/Broadcast"
 
 
 async def _ping(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -31,7 +34,48 @@ async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIte
         yield message
 
 
+class _Broadcast:
+    """Rounds of one message to every open stream, the next as soon as all were sent."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.round = asyncio.Event()
+        self.sent = 0
+        self.all_sent = asyncio.Event()
+        self.runner: asyncio.Task[None] | None = None
+
+    async def run(self, streams: int, rounds: int) -> None:
+        for _ in range(rounds):
+            self.sent = 0
+            self.all_sent.clear()
+            woken, self.round = self.round, asyncio.Event()
+            woken.set()
+            await self.all_sent.wait()
+
+    async def stream(self, request: bytes) -> AsyncIterator[bytes]:
+        streams, rounds, size = (int(x) for x in request.split())
+        message = b"x" * size
+        round_ = self.round
+        self.streams += 1
+        if self.streams == streams:
+            self.streams = 0
+            self.runner = asyncio.create_task(self.run(streams, rounds))
+        for _ in range(rounds):
+            await round_.wait()
+            round_ = self.round
+            yield message
+            self.sent += 1
+            if self.sent == streams:
+                self.all_sent.set()
+
+
 async def serve(listen: str) -> None:
+    broadcast = _Broadcast()
+
+    async def _broadcast(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for message in broadcast.stream(request):
+            yield message
+
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         [
@@ -40,6 +84,7 @@ async def serve(listen: str) -> None:
                 {
                     "Ping": grpc.unary_unary_rpc_method_handler(_ping),
                     "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+                    "Broadcast": grpc.unary_stream_rpc_method_handler(_broadcast),
                 },
             )
         ]
