@@ -13,7 +13,7 @@ from gaffer.domain import (
     PageCursor,
     decode_page_token,
     encode_page_token,
-    job_timings,
+    fill_timings,
     next_backoff,
     should_retry,
     validate_spec,
@@ -126,12 +126,28 @@ def test_timings_follow_the_latest_attempt() -> None:
     ]:
         job.history.add(state=state).time.FromDatetime(t0 + timedelta(seconds=seconds))
     job.finish_time.FromDatetime(t0 + timedelta(seconds=20))
-    timings = job_timings(job, int((t0 + timedelta(seconds=99)).timestamp()) * 1_000_000_000)
+    fill_timings(job, int((t0 + timedelta(seconds=99)).timestamp()) * 1_000_000_000)
+    timings = job.timings
     assert timings.queued.seconds == 4
     assert timings.validating.seconds == 1
     assert timings.running.seconds == 10
     assert timings.uploading.seconds == 2
     assert timings.total.seconds == 20
+
+
+def test_timings_of_a_job_still_queued_and_of_a_clock_behind_the_servers() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    job = job_pb2.Job()
+    job.history.add(state=job_pb2.JOB_STATE_PENDING).time.FromDatetime(t0)
+    fill_timings(job, int(t0.timestamp()) * 1_000_000_000 + 2_250_000_000)
+    assert (job.timings.queued.seconds, job.timings.queued.nanos) == (2, 250_000_000)
+    assert job.timings.total == job.timings.queued
+    assert not job.timings.HasField("running")
+    # An agent whose clock is 4.5 s behind says it claimed the job before it was queued:
+    # the duration is negative, both of its parts of the same sign, as Duration requires.
+    job.history.add(state=job_pb2.JOB_STATE_CLAIMED).time.FromDatetime(t0 - timedelta(seconds=4.5))
+    fill_timings(job, int(t0.timestamp()) * 1_000_000_000)
+    assert (job.timings.queued.seconds, job.timings.queued.nanos) == (-4, -500_000_000)
 
 
 def test_the_domain_loads_without_grpc() -> None:

@@ -20,8 +20,8 @@ from gaffer.domain import (
     PageCursor,
     decode_page_token,
     encode_page_token,
+    fill_timings,
     is_finished,
-    job_timings,
     new_job_id,
     validate_spec,
 )
@@ -115,7 +115,7 @@ class Jobs:
     def _present(self, stored: StoredJob) -> job_pb2.Job:
         """The job as callers see it, with timings filled in."""
         job = stored.job
-        job.timings.CopyFrom(job_timings(job, int(self._now() * 1e9)))
+        fill_timings(job, int(self._now() * 1e9))
         return job
 
     async def _get(self, caller: Caller, job_id: str) -> StoredJob:

@@ -22,7 +22,7 @@ from gaffer.domain._lifecycle import (
 )
 from gaffer.domain._limits import Limits
 from gaffer.domain._pagination import PageCursor, decode_page_token, encode_page_token
-from gaffer.domain._timings import job_timings
+from gaffer.domain._timings import fill_timings
 from gaffer.domain._validation import (
     check_enum_values,
     check_page_size,
@@ -50,8 +50,8 @@ __all__ = [
     "check_page_size",
     "decode_page_token",
     "encode_page_token",
+    "fill_timings",
     "is_finished",
-    "job_timings",
     "new_agent_id",
     "new_job_id",
     "new_lease_token",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from gaffer.v1 import job_pb2
 
@@ -11,23 +11,37 @@ def _ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 
 
-def job_timings(job: job_pb2.Job, now_ns: int) -> job_pb2.JobTimings:
-    """Fills queued/validating/running/uploading/total from the history of the latest attempt;
-    ``now_ns`` (nanoseconds since the epoch) ends the phase a job is still in.
+def _set(duration: duration_pb2.Duration, ns: int) -> None:
+    if ns >= 0:
+        duration.seconds, duration.nanos = divmod(ns, 1_000_000_000)
+    else:  # an agent's clock behind the server's: same sign for both parts
+        duration.FromNanoseconds(ns)
 
-    In integer nanoseconds: every response carries this, so it must cost little.
+
+def fill_timings(job: job_pb2.Job, now_ns: int) -> None:
+    """Sets ``job.timings`` (queued/validating/running/uploading/total) from the history of
+    the latest attempt; ``now_ns`` (nanoseconds since the epoch) ends the phase a job is
+    still in.
+
+    In place and in integer nanoseconds: every response carries this, so it must cost
+    little (a JobTimings built apart and copied in cost twice as much).
     """
-    timings = job_pb2.JobTimings()
+    job.ClearField("timings")
+    timings = job.timings
+    timings.SetInParent()
     history = job.history
     if not history:
-        return timings
+        return
     end = _ns(job.finish_time) if job.HasField("finish_time") else now_ns
-    timings.total.FromNanoseconds(end - _ns(history[0].time))
+    _set(timings.total, end - _ns(history[0].time))
     # The latest entry into PENDING starts the latest attempt's queueing.
     start = 0
     for i, status in enumerate(history):
         if status.state == job_pb2.JOB_STATE_PENDING:
             start = i
+    if start == len(history) - 1:  # queued still (the usual answer to a submit)
+        _set(timings.queued, end - _ns(history[start].time))
+        return
     marks: dict[int, int] = {}
     for status in history[start:]:
         if status.state not in marks:
@@ -36,11 +50,10 @@ def job_timings(job: job_pb2.Job, now_ns: int) -> job_pb2.JobTimings:
     claimed = marks.get(job_pb2.JOB_STATE_CLAIMED)
     running = marks.get(job_pb2.JOB_STATE_RUNNING)
     uploading = marks.get(job_pb2.JOB_STATE_UPLOADING)
-    timings.queued.FromNanoseconds((claimed or end) - queued_from)
+    _set(timings.queued, (claimed or end) - queued_from)
     if claimed:
-        timings.validating.FromNanoseconds((running or uploading or end) - claimed)
+        _set(timings.validating, (running or uploading or end) - claimed)
     if running:
-        timings.running.FromNanoseconds((uploading or end) - running)
+        _set(timings.running, (uploading or end) - running)
     if uploading:
-        timings.uploading.FromNanoseconds(end - uploading)
-    return timings
+        _set(timings.uploading, end - uploading)
