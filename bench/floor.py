@@ -28,7 +28,7 @@ from bench.floor_server import BROADCAST, PING, STREAM
 NAME = "floor"
 #: Bytes per streamed message: about the size of a job event.
 STREAM_MESSAGE_BYTES = 100
-#: Bytes per fan-out frame: about a batch of the 20 events a follower gets per wake-up.
+#: Bytes per fan-out frame: a batch of about 20 events (the cost is per message, not per byte).
 FANOUT_FRAME_BYTES = 2000
 FANOUT_ROUNDS = 40
 FANOUT_CHANNELS = 8

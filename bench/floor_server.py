@@ -42,7 +42,7 @@ class _Broadcast:
         self.round = asyncio.Event()
         self.sent = 0
         self.all_sent = asyncio.Event()
-        self.runner: asyncio.Task[None] | None = None
+        self.runner: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
 
     async def run(self, streams: int, rounds: int) -> None:
         for _ in range(rounds):
