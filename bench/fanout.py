@@ -150,7 +150,7 @@ class _Stream:
         self.done = asyncio.Event()
 
     def reached(self, target: int) -> bool:
-        return any(_frame_last(raw) >= target for _, raw in self.frames[-1:])
+        return bool(self.frames) and _frame_last(self.frames[-1][1]) >= target
 
 
 class _Progress:

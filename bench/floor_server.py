@@ -44,7 +44,7 @@ class _Broadcast:
         self.all_sent = asyncio.Event()
         self.runner: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
 
-    async def run(self, streams: int, rounds: int) -> None:
+    async def run(self, rounds: int) -> None:
         for _ in range(rounds):
             self.sent = 0
             self.all_sent.clear()
@@ -52,14 +52,16 @@ class _Broadcast:
             woken.set()
             await self.all_sent.wait()
 
-    async def stream(self, request: bytes) -> AsyncIterator[bytes]:
+    async def stream(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         streams, rounds, size = (int(x) for x in request.split())
         message = b"x" * size
         round_ = self.round
         self.streams += 1
         if self.streams == streams:
             self.streams = 0
-            self.runner = asyncio.create_task(self.run(streams, rounds))
+            self.runner = asyncio.create_task(self.run(rounds))
         for _ in range(rounds):
             await round_.wait()
             round_ = self.round
@@ -70,12 +72,6 @@ class _Broadcast:
 
 
 async def serve(listen: str) -> None:
-    broadcast = _Broadcast()
-
-    async def _broadcast(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        async for message in broadcast.stream(request):
-            yield message
-
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         [
@@ -84,7 +80,7 @@ async def serve(listen: str) -> None:
                 {
                     "Ping": grpc.unary_unary_rpc_method_handler(_ping),
                     "Stream": grpc.unary_stream_rpc_method_handler(_stream),
-                    "Broadcast": grpc.unary_stream_rpc_method_handler(_broadcast),
+                    "Broadcast": grpc.unary_stream_rpc_method_handler(_Broadcast().stream),
                 },
             )
         ]

@@ -28,9 +28,9 @@ def fill_timings(job: job_pb2.Job, now_ns: int) -> None:
     """
     job.ClearField("timings")
     timings = job.timings
-    timings.SetInParent()
     history = job.history
     if not history:
+        timings.SetInParent()  # present, all zero, as for any job
         return
     end = _ns(job.finish_time) if job.HasField("finish_time") else now_ns
     _set(timings.total, end - _ns(history[0].time))
