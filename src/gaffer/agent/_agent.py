@@ -26,6 +26,7 @@ from gaffer.agent._errors import AgentError
 from gaffer.agent._functions import builtin_functions
 from gaffer.agent._retry import TRANSIENT, Backoff, code_of, describe
 from gaffer.agent._runner import children_watched_with_pidfds
+from gaffer.agent._session import Session
 from gaffer.client._target import CHANNEL_OPTIONS, channel_target
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -113,8 +114,12 @@ class _Agent:
             channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             async with channel:
                 self._stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-                self._completions = Completions(self._stub, self._config.rpc_timeout)
-                await self._serve(stop)
+                self._session = Session(self._stub)
+                self._completions = Completions(self._stub, self._config.rpc_timeout, self._session)
+                try:
+                    await self._serve(stop)
+                finally:
+                    await self._session.close()
         finally:
             if temp_root is not None:
                 shutil.rmtree(temp_root, ignore_errors=True)
@@ -272,7 +277,7 @@ class _Agent:
                 agent_id=self._agent_id, max_jobs=free, wait=_duration(wait)
             )
             try:
-                response = await self._stub.ClaimJob(request, timeout=wait + _POLL_SLACK)
+                response = await self._session.claim(request, wait + _POLL_SLACK)
             except grpc.RpcError as error:
                 if code_of(error) == grpc.StatusCode.NOT_FOUND:
                     await self._reregister(generation)
@@ -286,7 +291,13 @@ class _Agent:
 
     def _start(self, assignment: agent_service_pb2.JobAssignment) -> None:
         attempt = Attempt(
-            self._stub, self._config, assignment, self._root, self._functions, self._completions
+            self._stub,
+            self._config,
+            assignment,
+            self._root,
+            self._functions,
+            self._completions,
+            self._session,
         )
         key = (attempt.key.job_id, attempt.key.attempt)
         if key in self._tasks:

@@ -38,6 +38,7 @@ from gaffer.agent._runner import (
     resolve_outputs,
     write_inputs,
 )
+from gaffer.agent._session import Session
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,12 @@ class Attempt:
         work_root: Path,
         functions: Mapping[str, Callable[..., Any]] | None = None,
         completions: Completions | None = None,
+        session: Session | None = None,
     ) -> None:
         self._stub = stub
         # The agent's, shared by its attempts (outcomes that come together go in one call).
-        self._completions = completions or Completions(stub, config.rpc_timeout)
+        self._session = session or Session(stub)
+        self._completions = completions or Completions(stub, config.rpc_timeout, self._session)
         self._config = config
         self._functions = functions if functions is not None else config.functions
         self._job = assignment.job
@@ -449,7 +452,7 @@ class Attempt:
         self._add_unreported(request)
         timeout = self._config.rpc_timeout
         await call_with_retry(
-            lambda: self._stub.UpdateJobStatus(request, timeout=timeout),
+            lambda: self._session.update_status(request, timeout),
             what=f"{self.key.job_id}/{self.key.attempt} {job_pb2.JobState.Name(state)}",
         )
         self._unreported.clear()

@@ -1,9 +1,10 @@
-"""Outcomes of attempts that end together, sent in one CompleteJobs call.
+"""Outcomes of attempts that end together, sent in one CompleteJobs request.
 
 Short jobs end in bursts (a claim hands out several; they finish in the same turn of the
-loop). Each outcome waits at most that turn: the outcomes reported in it go in one call, and
-each caller gets its own answer or error, as if it had called CompleteJob alone. A server
-without CompleteJobs (an older replica) is sent one CompleteJob per outcome.
+loop). Each outcome waits at most that turn: the outcomes reported in it go in one request
+(on the agent's session), and each caller gets its own answer or error, as if it had called
+CompleteJob alone. A server without CompleteJobs (an older replica) is sent one CompleteJob
+per outcome.
 """
 
 from __future__ import annotations
@@ -13,34 +14,31 @@ from typing import Any
 
 import grpc
 
+from gaffer.agent._session import Refused, Session
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 _Pending = tuple[agent_service_pb2.CompleteJobRequest, "asyncio.Future[Any]"]
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class OutcomeRefused(grpc.RpcError):
+class OutcomeRefused(Refused):
     """The server's refusal of one outcome in a CompleteJobs call, shaped like the error a
-    CompleteJob call would have raised (``code()``, ``details()``), so callers treat both
-    alike."""
+    CompleteJob call would have raised, so callers treat both alike."""
 
     def __init__(self, result: agent_service_pb2.CompleteJobResult) -> None:
-        super().__init__(result.message)
-        self._code = _CODES.get(result.code, grpc.StatusCode.UNKNOWN)
-        self._details = result.message
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+        super().__init__(result.code, result.message)
 
 
 class Completions:
     """Batches CompleteJob requests made in the same loop turn into one CompleteJobs."""
 
-    def __init__(self, stub: agent_service_pb2_grpc.AgentServiceStub, timeout: float) -> None:
+    def __init__(
+        self,
+        stub: agent_service_pb2_grpc.AgentServiceStub,
+        timeout: float,
+        session: Session | None = None,
+    ) -> None:
         self._stub = stub
+        self._session = session or Session(stub)
         self._timeout = timeout
         self._pending: list[_Pending] = []
         self._batched = True  # until the server says it has no CompleteJobs
@@ -66,7 +64,7 @@ class Completions:
 
     async def _call(self, batch: list[_Pending]) -> None:
         try:
-            if len(batch) > 1 and self._batched:
+            if self._batched:
                 try:
                     await self._call_batched(batch)
                     return
@@ -82,7 +80,7 @@ class Completions:
 
     async def _call_batched(self, batch: list[_Pending]) -> None:
         request = agent_service_pb2.CompleteJobsRequest(outcomes=[r for r, _ in batch])
-        response = await self._stub.CompleteJobs(request, timeout=self._timeout)
+        response = await self._session.complete(request, self._timeout)
         for (_, future), result in zip(batch, response.results, strict=True):
             if future.done():
                 continue

@@ -14,10 +14,12 @@ from gaffer.domain import (
     check_page_size,
     require_id,
 )
+from gaffer.server._agent_session import AgentSession
 from gaffer.server._convert import timestamp_seconds, wait_seconds
 from gaffer.server._errors import STATUS_OF
 from gaffer.server._handlers import Ctx, call_budget
-from gaffer.store import StoredJob
+from gaffer.server._metrics import Metrics
+from gaffer.store import Notifier, StoredJob
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 pb = agent_service_pb2
@@ -73,12 +75,27 @@ def _assignment(stored: StoredJob, expires: float) -> pb.JobAssignment:
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     def __init__(
-        self, agents: Agents, limits: Limits, lease_ttl: float, heartbeat_interval: float
+        self,
+        agents: Agents,
+        notifier: Notifier,
+        limits: Limits,
+        lease_ttl: float,
+        heartbeat_interval: float,
+        metrics: Metrics,
     ) -> None:
         self._agents = agents
         self._limits = limits
         self._lease_ttl = lease_ttl
         self._heartbeat_interval = heartbeat_interval
+        self._session = AgentSession(
+            {
+                "claim": self.ClaimJob,
+                "update_status": self.UpdateJobStatus,
+                "complete": self.CompleteJobs,
+            },
+            notifier,
+            metrics,
+        )
 
     async def RegisterAgent(
         self, request: pb.RegisterAgentRequest, context: Ctx
@@ -185,6 +202,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 response = pb.CompleteJobResponse(accepted=accepted, job=job)
                 results[i] = pb.CompleteJobResult(response=response)
         return pb.CompleteJobsResponse(results=results)
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.SessionRequest], context: Ctx
+    ) -> AsyncIterator[pb.SessionResponse]:
+        async for answer in self._session.serve(request_iterator, context):
+            yield answer
 
     async def ReleaseJob(
         self, request: pb.ReleaseJobRequest, context: Ctx

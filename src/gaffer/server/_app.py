@@ -191,7 +191,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
         JobServicer(jobs, config.limits, settings.keepalive_default), registry
     )
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(agents, config.limits, config.lease_ttl, config.heartbeat_interval),
+        AgentServicer(
+            agents,
+            notifier,
+            config.limits,
+            config.lease_ttl,
+            config.heartbeat_interval,
+            metrics,
+        ),
         registry,
     )
     health_servicer = health.aio.HealthServicer()

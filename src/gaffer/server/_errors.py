@@ -73,6 +73,18 @@ def classify(exc: BaseException) -> DomainError | None:
     return None
 
 
+def refusal(exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """The code, message and reason of the status ``exc`` maps to, for an answer that carries
+    its own status (one request of several); INTERNAL (logged) for a bug."""
+    error = classify(exc)
+    if error is None:
+        log.error("unexpected error", exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "internal error; see the server's log", ""
+    if isinstance(error, StoreUnavailable):
+        log.warning("store unavailable: %s", error.message)
+    return STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL), error.message, error.reason
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     """Ends the call with the status ``exc`` maps to; INTERNAL (logged) for a bug."""
     if isinstance(exc, asyncio.CancelledError):

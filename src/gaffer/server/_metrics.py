@@ -45,7 +45,8 @@ class Metrics:
         for name, doc, value in gauges:
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value:g}"]
         lines += [
-            "# HELP gaffer_rpcs_total Calls received since start, by method.",
+            "# HELP gaffer_rpcs_total Calls received since start, by method (a request on an"
+            " agent's Session counts as a call of the method it stands for).",
             "# TYPE gaffer_rpcs_total counter",
         ]
         lines += [

@@ -289,6 +289,38 @@ class CompleteJobsResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[CompleteJobResult]
     def __init__(self, results: _Optional[_Iterable[_Union[CompleteJobResult, _Mapping]]] = ...) -> None: ...
 
+class SessionRequest(_message.Message):
+    __slots__ = ("id", "claim", "update_status", "complete", "cancel")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    claim: ClaimJobRequest
+    update_status: UpdateJobStatusRequest
+    complete: CompleteJobsRequest
+    cancel: int
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimJobRequest, _Mapping]] = ..., update_status: _Optional[_Union[UpdateJobStatusRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteJobsRequest, _Mapping]] = ..., cancel: _Optional[int] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("id", "code", "message", "reason", "claim", "update_status", "complete")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    message: str
+    reason: str
+    claim: ClaimJobResponse
+    update_status: UpdateJobStatusResponse
+    complete: CompleteJobsResponse
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., claim: _Optional[_Union[ClaimJobResponse, _Mapping]] = ..., update_status: _Optional[_Union[UpdateJobStatusResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteJobsResponse, _Mapping]] = ...) -> None: ...
+
 class CompleteJobResult(_message.Message):
     __slots__ = ("code", "message", "reason", "response")
     CODE_FIELD_NUMBER: _ClassVar[int]

@@ -77,6 +77,11 @@ class AgentServiceStub:
                 request_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsRequest.SerializeToString,
                 response_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/gaffer.v1.AgentService/Session',
+                request_serializer=gaffer_dot_v1_dot_agent__service__pb2.SessionRequest.SerializeToString,
+                response_deserializer=gaffer_dot_v1_dot_agent__service__pb2.SessionResponse.FromString,
+                _registered_method=True)
         self.ReleaseJob = channel.unary_unary(
                 '/gaffer.v1.AgentService/ReleaseJob',
                 request_serializer=gaffer_dot_v1_dot_agent__service__pb2.ReleaseJobRequest.SerializeToString,
@@ -158,6 +163,19 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """ClaimJob, UpdateJobStatus and CompleteJobs on one long-lived stream: a message on an open
+        stream costs both ends far less than a new call (a round trip about half as long). Each
+        request is answered as its own call would answer it, tagged with the request's id; answers
+        come in the order they are ready, not the order asked. A refused request does not end the
+        stream; neither does a cancelled one (answered CANCELLED). The stream ends UNAVAILABLE
+        when the server shuts down, after answering what it had begun; an agent then opens it
+        again (on another replica, or once the server is back) and asks again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseJob(self, request, context):
         """Hands an attempt back (the agent is stopping): the job is queued again at once.
         """
@@ -221,6 +239,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.CompleteJobs,
                     request_deserializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsRequest.FromString,
                     response_serializer=gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=gaffer_dot_v1_dot_agent__service__pb2.SessionRequest.FromString,
+                    response_serializer=gaffer_dot_v1_dot_agent__service__pb2.SessionResponse.SerializeToString,
             ),
             'ReleaseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseJob,
@@ -457,6 +480,33 @@ class AgentService:
             '/gaffer.v1.AgentService/CompleteJobs',
             gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsRequest.SerializeToString,
             gaffer_dot_v1_dot_agent__service__pb2.CompleteJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gaffer.v1.AgentService/Session',
+            gaffer_dot_v1_dot_agent__service__pb2.SessionRequest.SerializeToString,
+            gaffer_dot_v1_dot_agent__service__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
