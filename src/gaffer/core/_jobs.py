@@ -85,6 +85,41 @@ class _Keepalive:
         return False
 
 
+class _StoreWakeups:
+    """A follower's wake-ups for new events in the store, subscribed while it reads there.
+
+    A follower of every job that the event tail serves waits on the tail instead: subscribed,
+    it would still be woken by every commit for nothing. With 1,000 such followers, setting
+    their subscriptions took 7% of the server's samples (py-spy).
+    """
+
+    def __init__(self, notifier: Notifier, topic: str, *, at_once: bool) -> None:
+        self._notifier = notifier
+        self._topic = topic
+        self._sub = notifier.subscribe(topic) if at_once else None
+
+    def before_read(self) -> None:
+        """Call before each read of the store: a commit after it wakes the next wait."""
+        if self._sub is None:
+            self._sub = self._notifier.subscribe(self._topic)
+        self._sub.clear()
+
+    async def wait(self, timeout: float) -> None:
+        assert self._sub is not None, "wait follows a read"
+        await self._sub.wait(timeout)
+
+    def drop(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    def __enter__(self) -> _StoreWakeups:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.drop()
+
+
 def _ends(event: job_pb2.JobEvent) -> bool:
     """Whether the event is a job's final state change."""
     return event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED and is_finished(event.state)
@@ -319,7 +354,7 @@ class Jobs:
         job_query = replace(query, states=()) if query is not None and states else query
         topic = job_topic(job_id) if job_id else EVENTS_TOPIC
         following = self._tail.following() if shared else contextlib.nullcontext()
-        with self._notifier.subscribe(topic) as sub, following:
+        with _StoreWakeups(self._notifier, topic, at_once=not shared) as wakeups, following:
             if job_id:
                 await self._get(caller, job_id)
             if shared:
@@ -337,6 +372,7 @@ class Jobs:
             idle = _Keepalive(keepalive, self._settings.recheck_interval)
             while True:
                 if shared and self._tail.covers(after_sequence):
+                    wakeups.drop()
                     change = self._tail.change()
                     live = self._tail.since(caller.tenant, after_sequence, _EVENT_BATCH)
                     if live is not None:
@@ -354,7 +390,7 @@ class Jobs:
                     if idle.due():
                         yield after_sequence
                     continue
-                sub.clear()
+                wakeups.before_read()
                 finished_before_read = False
                 if job_id:
                     stored = await self._get(caller, job_id)
@@ -383,7 +419,7 @@ class Jobs:
                     continue
                 if finished_before_read or history_only:
                     return  # all stored events were sent (or the cursor was past the final one)
-                await sub.wait(idle.wait_for())
+                await wakeups.wait(idle.wait_for())
                 if idle.due():
                     yield after_sequence
 
