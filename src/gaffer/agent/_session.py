@@ -141,7 +141,7 @@ class Session:
     async def _read(self, stream: _Stream) -> None:
         """Hands each answer to its request; when the stream ends, fails the requests that
         wait on it with the stream's error."""
-        error: grpc.RpcError
+        error: grpc.RpcError = Refused(grpc.StatusCode.CANCELLED, "the session was closed")
         try:
             async for response in stream.call:
                 answer = stream.waiting.pop(response.id, None)
@@ -150,15 +150,13 @@ class Session:
             error = Refused(grpc.StatusCode.UNAVAILABLE, "the server ended the session")
         except grpc.RpcError as ended:
             error = ended
-        except asyncio.CancelledError:
-            error = Refused(grpc.StatusCode.CANCELLED, "the session was closed")
         finally:
             if self._stream is stream:
                 self._stream = None
-        waiting, stream.waiting = stream.waiting, {}
-        for answer in waiting.values():
-            if not answer.done():
-                answer.set_exception(error)
+            waiting, stream.waiting = stream.waiting, {}
+            for answer in waiting.values():
+                if not answer.done():
+                    answer.set_exception(error)
 
     async def _cancel(self, stream: _Stream, request_id: int) -> None:
         if stream is not self._stream:
