@@ -277,7 +277,11 @@ class _Agent:
                 agent_id=self._agent_id, max_jobs=free, wait=_duration(wait)
             )
             try:
-                response = await self._session.claim(request, wait + _POLL_SLACK)
+                # A unary call, not a Session request: under load a claim that answers sooner
+                # takes fewer jobs. With 5,000 jobs submitted one by one (64 in flight), claims
+                # on the session took 1.2 jobs each (4,160 claims) against 8 (629), and the
+                # jobs ran at 560 jobs/s against 1,450.
+                response = await self._stub.ClaimJob(request, timeout=wait + _POLL_SLACK)
             except grpc.RpcError as error:
                 if code_of(error) == grpc.StatusCode.NOT_FOUND:
                     await self._reregister(generation)
