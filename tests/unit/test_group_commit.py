@@ -209,8 +209,10 @@ async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(
     assert syncs == [2, 4]
 
 
-async def _insert(committer: GroupCommitter, conn: sqlite3.Connection, v: int) -> None:
-    async with committer.transaction(lambda: None):
+async def _insert(
+    committer: GroupCommitter, conn: sqlite3.Connection, v: int, *, durable: bool = True
+) -> None:
+    async with committer.transaction(lambda: None, durable=durable):
         conn.execute("INSERT INTO t VALUES (?)", (v,))
 
 
@@ -235,7 +237,7 @@ async def test_a_caller_resumes_before_what_its_commit_wakes(conn: sqlite3.Conne
     assert order == ["caller", "subscriber"]
 
 
-async def test_under_load_a_durable_batch_waits_for_the_delay_others_do_not(
+async def test_under_load_a_batch_waits_for_the_delay_whoever_joins_it(
     conn: sqlite3.Connection,
 ) -> None:
     gate = asyncio.Event()
@@ -263,19 +265,17 @@ async def test_under_load_a_durable_batch_waits_for_the_delay_others_do_not(
     for _ in range(20):
         await asyncio.sleep(0)
     assert committer.commits == 2, "the batch did not wait for the delay"
-    # A non-durable body (a claim) joining the held batch has it commit at the next turn.
-    async with committer.transaction(lambda: None, durable=False):
-        conn.execute("INSERT INTO t VALUES (5)")
-    assert committer.commits == 3
-    held.append(asyncio.create_task(_insert(committer, conn, 6)))  # held again
+    # A non-durable body (a claim) joining the held batch waits with it.
+    claim = asyncio.create_task(_insert(committer, conn, 5, durable=False))
     for _ in range(20):
         await asyncio.sleep(0)
-    assert committer.commits == 3
+    assert committer.commits == 2, "a non-durable body cut the held batch short"
+    assert not claim.done()
     gate.set()
     await committer.close()  # commits the held batch at once, and syncs it
-    assert committer.commits == 4
-    await asyncio.gather(stuck, *held)
-    assert values(conn) == [1, 2, 3, 4, 5, 6]
+    assert committer.commits == 3
+    await asyncio.gather(stuck, claim, *held)
+    assert values(conn) == [1, 2, 3, 4, 5]
 
 
 async def test_a_sync_that_cannot_start_fails_its_callers_and_the_next_one_retries(

@@ -14,8 +14,10 @@ and commit_siblings): when a durable body opens a batch while at least ``sibling
 callers are still waiting on the committer, the batch commits after ``delay`` per waiting
 caller (at most ``max_delay``) instead of at the next turn. gRPC hands the server one new
 call per turn of the loop, so without this a busy store commits (and syncs) about once per
-submit. A lone caller never waits for the delay, and neither do agents: a non-durable body
-(a claim, an outcome) joining a held batch has it commit at the next turn.
+submit. A lone caller never waits for the delay. A non-durable body (a claim, an outcome)
+joining a held batch waits with it: committing at once for each would cut the batch short.
+With 5,000 jobs submitted one by one (64 in flight) while two agents ran them, the jobs ran
+at 1,530/1,533 jobs/s this way against 1,403/1,457 when agents' bodies committed at once.
 
 A body that really suspends (awaits I/O) holds the writer until it finishes: nothing else
 interleaves with its statements, and the batch waits for it.
@@ -309,9 +311,6 @@ class _Transaction:
                 done = loop.create_future()
                 batch.waiters.append((done, self._durable and committer._sync is not None))
                 batch.on_commit.append(self._on_commit)
-                if batch.held and not self._durable:
-                    batch.held = False
-                    loop.call_soon(committer._flush_soon, batch)
             finally:
                 committer._lock.release()
             await done
