@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
 from gaffer.core import Agents, Fence, Outcome
 from gaffer.domain import (
     DomainError,
@@ -16,7 +14,7 @@ from gaffer.domain import (
 )
 from gaffer.server._agent_session import AgentSession
 from gaffer.server._convert import timestamp_seconds, wait_seconds
-from gaffer.server._errors import STATUS_OF
+from gaffer.server._errors import refusal
 from gaffer.server._handlers import Ctx, call_budget
 from gaffer.server._metrics import Metrics
 from gaffer.store import Notifier, StoredJob
@@ -49,8 +47,8 @@ def _outcome(request: pb.CompleteJobRequest, limits: Limits) -> Outcome:
 
 def _refusal(error: DomainError) -> pb.CompleteJobResult:
     """A refused outcome's result: the status CompleteJob would have ended with."""
-    code = STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
-    return pb.CompleteJobResult(code=code.value[0], message=error.message, reason=error.reason)
+    code, message, reason = refusal(error)
+    return pb.CompleteJobResult(code=code.value[0], message=message, reason=reason)
 
 
 def _passed(request: pb.UpdateJobStatusRequest | pb.CompleteJobRequest) -> dict[int, float]:
@@ -87,15 +85,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self._limits = limits
         self._lease_ttl = lease_ttl
         self._heartbeat_interval = heartbeat_interval
-        self._session = AgentSession(
-            {
-                "claim": self.ClaimJob,
-                "update_status": self.UpdateJobStatus,
-                "complete": self.CompleteJobs,
-            },
-            notifier,
-            metrics,
-        )
+        self._session = AgentSession(self, notifier, metrics)
 
     async def RegisterAgent(
         self, request: pb.RegisterAgentRequest, context: Ctx

@@ -34,8 +34,8 @@ pb = agent_service_pb2
 MAX_IN_FLIGHT = 1024
 
 Call = Callable[[Any, Ctx], Awaitable[Any]]
-#: For each kind of request, the unary method it stands for (its calls are counted as that
-#: method's in the metrics).
+#: For each kind of request, the AgentService method that answers it (its requests are counted
+#: as that method's calls in the metrics).
 METHODS = {
     "claim": "ClaimJob",
     "update_status": "UpdateJobStatus",
@@ -54,10 +54,12 @@ class _ReadFailed:
 
 
 class AgentSession:
-    """Serves Session streams with ``calls``: the method for each kind of request (METHODS)."""
+    """Serves Session streams with ``servicer``'s methods (METHODS)."""
 
-    def __init__(self, calls: Mapping[str, Call], notifier: Notifier, metrics: Metrics) -> None:
-        self._calls = calls
+    def __init__(self, servicer: object, notifier: Notifier, metrics: Metrics) -> None:
+        self._calls: dict[str, Call] = {
+            kind: getattr(servicer, method) for kind, method in METHODS.items()
+        }
         self._notifier = notifier
         self._metrics = metrics
         service = pb.DESCRIPTOR.services_by_name["AgentService"].full_name

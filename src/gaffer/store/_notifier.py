@@ -68,12 +68,10 @@ class Notifier:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
-        self._closed = False
         self._closing = asyncio.Event()
 
     def close(self) -> None:
         """Wakes every waiter with StoreUnavailable: used on shutdown so streams end at once."""
-        self._closed = True
         self._closing.set()
         for subs in list(self._subs.values()):
             for sub in subs:
@@ -81,14 +79,14 @@ class Notifier:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closing.is_set()
 
     async def wait_closed(self) -> None:
         """Returns once the notifier is closed (the server is shutting down)."""
         await self._closing.wait()
 
     def check_open(self) -> None:
-        if self._closed:
+        if self._closing.is_set():
             raise StoreUnavailable("the server is shutting down; resume from your cursor")
 
     def subscribe(self, *topics: str) -> Subscription:
