@@ -125,7 +125,8 @@ class Attempt:
         self._workdir = work_root / f"{_safe_name(self.key.job_id)}-{self.key.attempt}"
         self._made_workdir = False
         self._completed = False
-        self._stopped = asyncio.Event()
+        #: Set while a function call runs: a stop ends the wait for it.
+        self._interrupt: asyncio.Future[None] | None = None
         self._exit_code: int | None = None
         self._stop_reason: str | None = None
         self._process: Process | None = None
@@ -159,7 +160,8 @@ class Attempt:
     def _stop(self, reason: str, grace: float) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-        self._stopped.set()
+        if self._interrupt is not None:
+            _wake(self._interrupt)
         if self._process is not None:
             task = asyncio.create_task(self._process.kill(grace, self._stop_reason))
             self._kills.add(task)
@@ -209,11 +211,7 @@ class Attempt:
         reports: list[asyncio.Task[None]] = []
         try:
             result = await self._execute(
-                spec,
-                timeout or None,
-                on_started=lambda: reports.append(
-                    asyncio.create_task(self._report_running_after(0.0))
-                ),
+                spec, timeout or None, on_started=lambda: self._start_running_report(reports)
             )
         finally:
             for report in reports:
@@ -256,12 +254,19 @@ class Attempt:
         # RUNNING is reported once the call has run a moment; a call that ends sooner is
         # reported with its outcome, in one write.
         self._enter(job_pb2.JOB_STATE_RUNNING)
-        running = asyncio.create_task(self._report_running_after(_RUNNING_REPORT_DELAY))
+        reports: list[asyncio.Task[None]] = []
+        # A timer, not a task asleep: a call that ends first cancels it without a turn of
+        # the loop (every turn between the claim and the outcome is dispatch latency).
+        timer = asyncio.get_running_loop().call_later(
+            _RUNNING_REPORT_DELAY, self._start_running_report, reports
+        )
         timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
         try:
             result = await self._call(fn, spec.function.args_json, timeout or None)
         finally:
-            await self._settle_running_report(running)
+            timer.cancel()
+            for report in reports:
+                await self._settle_running_report(report)
         if result is None:
             await self._after_interrupted_call(timeout)
             return
@@ -278,8 +283,10 @@ class Attempt:
                 job_pb2.JOB_STATE_FAILED, result.error, not_retryable=result.not_retryable
             )
 
-    async def _report_running_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
+    def _start_running_report(self, reports: list[asyncio.Task[None]]) -> None:
+        reports.append(asyncio.create_task(self._report_running()))
+
+    async def _report_running(self) -> None:
         self._running_reported = True
         try:
             await self._update(job_pb2.JOB_STATE_RUNNING)
@@ -316,26 +323,42 @@ class Attempt:
     async def _call(
         self, fn: Callable[..., Any], args_json: str, timeout: float | None
     ) -> CallOutcome | None:
-        """The call's outcome, or None when a timeout or a stop came first."""
+        """The call's outcome, or None when a timeout or a stop came first.
+
+        The call itself wakes this attempt as it ends, in the same turn of the loop: waiting
+        on its task (or with asyncio.wait) takes a turn more, for its done callbacks.
+        """
+        loop = asyncio.get_running_loop()
+        over: asyncio.Future[None] = loop.create_future()
+
+        async def call() -> CallOutcome:
+            try:
+                return await call_function(fn, args_json)
+            finally:
+                _wake(over)
+
         token = work_dir_var.set(self._workdir if self._made_workdir else None)
         try:
-            call = asyncio.ensure_future(call_function(fn, args_json))
+            task = asyncio.ensure_future(call())
         finally:
             work_dir_var.reset(token)
-        stopper = asyncio.ensure_future(self._stopped.wait())
+        timer = loop.call_later(timeout, _wake, over) if timeout is not None else None
+        self._interrupt = over
+        if self._stop_reason is not None:
+            _wake(over)
         try:
-            await asyncio.wait(
-                {call, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await over
         finally:
-            stopper.cancel()
-            if not call.done():
-                call.cancel()  # it ends on its own; held until then, never awaited
-                _abandoned.add(call)
-                call.add_done_callback(_abandoned.discard)
-        if not call.done() or call.cancelled():
+            self._interrupt = None
+            if timer is not None:
+                timer.cancel()
+            if not task.done():
+                task.cancel()  # it ends on its own; held until then, never awaited
+                _abandoned.add(task)
+                task.add_done_callback(_abandoned.discard)
+        if not task.done() or task.cancelled():
             return None
-        return call.result()
+        return task.result()
 
     async def _after_interrupted_call(self, timeout: float) -> None:
         if self._stop_reason in _SILENT:
@@ -520,3 +543,8 @@ class Attempt:
 
     def _ids(self) -> tuple[str, int]:
         return self.key.job_id, self.key.attempt
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

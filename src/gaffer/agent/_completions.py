@@ -51,18 +51,16 @@ class Completions:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
-            loop.call_soon(self._send)
+            # Its first step comes at the next turn, when this turn's outcomes are all in.
+            task = asyncio.create_task(self._send())
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
         self._pending.append((request, future))
         response: agent_service_pb2.CompleteJobResponse = await future
         return response
 
-    def _send(self) -> None:
+    async def _send(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._call(batch))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-
-    async def _call(self, batch: list[_Pending]) -> None:
         try:
             if self._batched:
                 try:
