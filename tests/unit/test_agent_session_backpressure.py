@@ -33,7 +33,7 @@ class _Claims:
 
 async def test_a_full_session_reads_no_further_until_a_request_is_answered() -> None:
     claims = _Claims()
-    stream = _Stream({"claim": claims.claim}, None, lambda kind: None)  # type: ignore[arg-type]
+    stream = _Stream({"claim": claims.claim}, None, lambda kind: None)
     pulled = 0
 
     async def requests() -> AsyncIterator[pb.SessionRequest]:
