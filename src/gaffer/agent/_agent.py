@@ -37,6 +37,8 @@ _POLL_SLACK = 5.0
 _DEFAULT_HEARTBEAT = 5.0
 _DEFAULT_LEASE_TTL = 15.0
 _MAX_UNKNOWN_CANCELS = 256
+#: The longest the next claim waits for the first reports of the attempts just started.
+_CLAIM_AFTER_START = 0.002
 #: Short reconnect backoff (a restarted server is noticed at once; the agent's calls back off on
 #: top of it) and ``pick_first`` over ``config.server``'s addresses, which may list replicas:
 #: when the replica in use goes away the channel moves to another, and the retried calls follow.
@@ -290,10 +292,17 @@ class _Agent:
                 await backoff.sleep()
                 continue
             backoff.reset()
-            for assignment in response.assignments:
-                self._start(assignment)
+            started = [self._start(assignment) for assignment in response.assignments]
+            reports = [attempt.first_report for attempt in started if attempt is not None]
+            if reports:
+                # Outcomes before claims: a job that ends at once sends its outcome before
+                # the next claim goes out. A claim sent first took the agent's loop between
+                # the job's start and its outcome, and the server's between the outcome's
+                # arrival and its commit (one job at a time: claim -> outcome sent 0.32 ms,
+                # against 0.14 ms after).
+                await asyncio.wait(reports, timeout=_CLAIM_AFTER_START)
 
-    def _start(self, assignment: agent_service_pb2.JobAssignment) -> None:
+    def _start(self, assignment: agent_service_pb2.JobAssignment) -> Attempt | None:
         attempt = Attempt(
             self._stub,
             self._config,
@@ -306,7 +315,7 @@ class _Agent:
         key = (attempt.key.job_id, attempt.key.attempt)
         if key in self._tasks:
             logger.warning("attempt %s/%s assigned twice; ignoring the repeat", *key)
-            return
+            return None
         logger.info("claimed %s attempt %s", *key)
         task = asyncio.create_task(attempt.run(), name=f"attempt {key[0]}/{key[1]}")
         self._attempts[key] = attempt
@@ -321,6 +330,7 @@ class _Agent:
             self._changed.set()
 
         task.add_done_callback(finished)
+        return attempt
 
 
 async def _forever(*tasks: asyncio.Task[None]) -> None:

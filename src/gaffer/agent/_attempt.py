@@ -135,6 +135,9 @@ class Attempt:
         self._running_reported = False
         # States entered and not reported yet, with when (reported with the next report).
         self._unreported: dict[int, float] = {}
+        #: Done once the attempt sends its first report, or ends: the agent's next claim
+        #: waits for it (see _Agent._claim_loop).
+        self.first_report: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
     def stopping(self) -> bool:
@@ -180,6 +183,7 @@ class Attempt:
             logger.exception("attempt %s/%s: agent error", *self._ids())
             await self._fail_quietly(f"agent error: {error}")
         finally:
+            self._reporting()
             await self._clean_up()
 
     async def _run(self) -> None:
@@ -303,6 +307,13 @@ class Attempt:
                 await report
             return
         await report  # its failure (a fenced attempt, say) is the attempt's failure
+
+    def _reporting(self) -> None:
+        """Marks the first report as sent, a turn from now: a report's write starts in this
+        turn or the next (an outcome's, in the Completions' task), before the claim this lets
+        go."""
+        if not self.first_report.done():
+            asyncio.get_running_loop().call_soon(_wake, self.first_report)
 
     def _enter(self, state: job_pb2.JobState) -> None:
         """Notes that the attempt entered ``state`` now; the next report tells the server."""
@@ -472,6 +483,7 @@ class Attempt:
             message=message,
             reject=reject,
         )
+        self._reporting()
         self._add_unreported(request)
         timeout = self._config.rpc_timeout
         await call_with_retry(
@@ -499,6 +511,7 @@ class Attempt:
             not_retryable=not_retryable,
             result_json=result_json,
         )
+        self._reporting()
         self._add_unreported(request)
         response = await call_with_retry(
             lambda: self._completions.complete(request),
@@ -515,6 +528,7 @@ class Attempt:
 
     async def _release(self) -> None:
         """Hands the attempt back: the server queues the job again at once."""
+        self._reporting()
         request = agent_service_pb2.ReleaseJobRequest(
             job_id=self.key.job_id,
             attempt=self.key.attempt,
