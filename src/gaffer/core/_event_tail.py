@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 _READ_BATCH = 1000
 # The loop time a wake-up may take per follower, and the longest pause between wake-ups
-# however many follow (see EventTail._appended_events). With 1,000 followers at 100 us each,
-# when frames were nearly all of its work, the server spent about 100 us of CPU per frame
-# (its CPU time over the frames sent); a bare grpc.aio server spends 37-46 us (bench floor).
-_SEND_COST = 200e-6
+# however many follow (see EventTail._appended_events). `bench --only fanout` (1,000
+# followers, 1,000 jobs), the events' delay p99 and the jobs' span, run by run: 200 us
+# 263/244 ms, 1.59/1.75 s; 150 us 213/203 ms, 1.88/1.80 s; 120 us 192/179/187 ms,
+# 1.68/2.01/1.82 s; 100 us 159/160/154 ms, 1.89/2.01/2.73 s; 70 us 131 ms, 4.4 s (the loop
+# saturated). 120 us leaves a margin to that edge on a slower run.
+_SEND_COST = 120e-6
 _MAX_PACE = 0.5
 # Wire tags (field number << 3 | length-delimited): StreamJobEventsResponse.event and
 # JobEventBatch.events are both field 1, StreamJobEventsResponse.batch is field 3.
@@ -158,11 +160,10 @@ class EventTail:
         sends again only at the next wake-up, see Jobs.events), and the sends take about half
         of the loop, leaving the rest to submits and agents. Measured here with 1,000
         followers: woken at every event, a submit took 60 ms and submits ran at 21/s; when
-        each follower sent again as soon as its last send was done, 1,000 jobs took 57 s. At
-        100 us per follower the sends took nearly all of the server's CPU and 1,000 jobs
-        took 16-37 s; at 150 us 3.4-4.5 s, at 200 us 2.6-3.6 s (and the events' delay p99
-        fell from 1.1-3.9 s to about 330 ms), at 300 us 2.9-3.3 s. A few followers are woken
-        at once.
+        each follower sent again as soon as its last send was done, 1,000 jobs took 57 s.
+        How long to leave per follower depends on what else costs the loop: with the
+        server of an earlier day, 100 us took nearly all of its CPU (1,000 jobs took
+        16-37 s); today's figures are at _SEND_COST. A few followers are woken at once.
         """
         if self._pending_wake is not None:
             return
