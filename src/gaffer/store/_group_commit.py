@@ -49,8 +49,6 @@ class _Batch:
     #: Per caller: the future it waits on, and whether it waits for the sync too.
     waiters: list[tuple[asyncio.Future[None], bool]] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
-    #: Waits for the delay (opened by a durable body under load).
-    held: bool = False
 
 
 class GroupCommitter:
@@ -176,7 +174,6 @@ class GroupCommitter:
         batch = self._batch = _Batch()
         loop = self._loop
         if durable and self._callers > self._siblings:  # others wait besides this caller
-            batch.held = True
             delay = min(self._max_delay, self._delay * (self._callers - 1))
             loop.call_later(delay, self._flush_soon, batch)
         else:
