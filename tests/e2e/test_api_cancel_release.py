@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -131,6 +132,47 @@ def test_a_claim_never_started_is_queued_again_without_using_up_the_retries(
             ),
             timeout=CALL_TIMEOUT,
         )
+        api.close()
+    finally:
+        server.stop()
+
+
+def test_a_heartbeat_renews_only_the_attempts_it_lists(tmp_path: Path) -> None:
+    """An agent still running attempt 1 that never heard it was given attempt 2 of the same
+    job (the claim's answer was lost) keeps only attempt 1 in its heartbeats: attempt 2 must
+    lapse however often it beats, and an attempt it does list must live on."""
+    ttl = 1.0
+    server = ServerProc.launch(
+        tmp_path / "data", "--lease-ttl", str(ttl), "--sweep-interval", "0.2"
+    )
+    try:
+        api = Api.connect(server.address)
+        agent = api.agent()
+        job = api.submit(queue=agent.queue, retry_policy=job_pb2.RetryPolicy(max_attempts=3))
+        first = agent.claim_one()
+        agent.start(first)
+
+        def pending() -> job_pb2.Job | None:
+            current = api.get(job.id)
+            return current if current.state == S.JOB_STATE_PENDING else None
+
+        wait_until(pending, what="attempt 1's lease lapsed")
+        second = agent.claim_one()
+        assert (second.job.id, second.attempt) == (job.id, 2)
+
+        def lapsed_while_beating() -> job_pb2.Job | None:
+            lost = heartbeat(agent, first).lost
+            assert [(r.job_id, r.attempt) for r in lost] == [(job.id, 1)]
+            return pending()
+
+        wait_until(lapsed_while_beating, what="attempt 2 lapsed while attempt 1 was listed")
+        third = agent.claim_one()
+        assert third.attempt == 3
+        held_until = time.monotonic() + 2.5 * ttl
+        while time.monotonic() < held_until:
+            assert [r.attempt for r in heartbeat(agent, first, third).lost] == [1]
+            assert api.get(job.id).state == S.JOB_STATE_CLAIMED
+            time.sleep(0.1)  # the pace of an agent's heartbeats, not a wait for an event
         api.close()
     finally:
         server.stop()

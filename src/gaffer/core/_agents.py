@@ -332,13 +332,15 @@ class Agents:
                 if agent.state == agent_pb2.AGENT_STATE_OFFLINE:
                     agent.state = agent_pb2.AGENT_STATE_ACTIVE
                 await tx.put_agent(stored_agent)
-                # Only what the agent says it runs: a predecessor's attempts (the agent restarted
-                # under the same name) or a claim whose answer was lost must lapse, not live on.
-                await tx.renew_leases(
-                    agent_id, result.lease_expires, sorted({r.job_id for r in running})
-                )
                 held = await tx.jobs_of_agent(agent_id)
-            held_refs = {(s.job.id, s.job.attempt) for s in held}
+                held_refs = {(s.job.id, s.job.attempt) for s in held}
+                # Only the attempts the agent says it runs: a predecessor's (the agent restarted
+                # under the same name) or a claim whose answer was lost must lapse, not live
+                # on, even when the agent still runs an older attempt of the same job.
+                listed = {(r.job_id, r.attempt) for r in running}
+                await tx.renew_leases(
+                    agent_id, result.lease_expires, sorted(j for j, _ in held_refs & listed)
+                )
             result.lost = [
                 r
                 for r in running

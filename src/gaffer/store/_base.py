@@ -158,7 +158,8 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def renew_leases(self, agent_id: str, expires: float, job_ids: Sequence[str]) -> None:
-        """Extends the agent's leases on these jobs (only those it says it still runs)."""
+        """Extends the agent's leases on these jobs (those whose current attempt it listed as
+        running: the caller checks the attempts, read in the same transaction)."""
 
     @abc.abstractmethod
     async def extend_leases(self, at_least: float) -> int:
