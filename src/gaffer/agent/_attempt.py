@@ -202,7 +202,7 @@ class Attempt:
             await self._update(job_pb2.JOB_STATE_VALIDATING, problem, reject=True)
             return
         try:
-            await asyncio.to_thread(self._prepare, spec)
+            await self._prepare_soon(spec)
         except (OSError, InvalidPathError) as error:
             await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {error}")
             return
@@ -249,7 +249,7 @@ class Attempt:
                 await self._complete(job_pb2.JOB_STATE_FAILED, problem, not_retryable=True)
                 return
             try:
-                await asyncio.to_thread(self._prepare, spec)
+                await self._prepare_soon(spec)
             except (OSError, InvalidPathError) as error:
                 await self._complete(job_pb2.JOB_STATE_FAILED, f"cannot write inputs: {error}")
                 return
@@ -413,6 +413,19 @@ class Attempt:
             await self._complete(job_pb2.JOB_STATE_FAILED, message, self._exit_code)
         except Exception as error:
             logger.warning("attempt %s/%s: cannot report failure: %s", *self._ids(), error)
+
+    async def _prepare_soon(self, spec: job_pb2.JobSpec) -> None:
+        """Makes the work dir: on the loop when that is one mkdir, else in a thread.
+
+        A thread costs two wake-ups, each slow on a small machine: with the mkdir on the loop,
+        `bench --only dispatch` saw RUNNING (exec, submit -> seen) at p50 3.89/4.14/4.08 ms
+        against 4.20/4.28/4.38 ms in a thread (alternating runs). Writing inputs, or removing
+        an old dir, may take longer than the loop should stop for.
+        """
+        if spec.inputs or self._workdir.exists():
+            await asyncio.to_thread(self._prepare, spec)
+        else:
+            self._prepare(spec)
 
     def _prepare(self, spec: job_pb2.JobSpec) -> None:
         self._made_workdir = True
