@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from gaffer import JobState, SyncClient
+from gaffer import Job, JobState, SyncClient
 from gaffer.client import LogChunk, LogStream
 from tests.chaos.procs import launch_agent, stop_all
 from tests.e2e.pg_fixtures import (  # noqa: F401
@@ -33,7 +33,7 @@ from tests.e2e.pg_fixtures import (  # noqa: F401
     pg_url_fixture,
     replicas_fixture,
 )
-from tests.helpers import wait_until
+from tests.helpers import AgentProc, wait_until
 
 # Leases short enough that an agent which failed to move would lose its attempts in the test.
 FLAGS = ("--lease-ttl", "3", "--heartbeat-interval", "0.5", "--sweep-interval", "0.5")
@@ -55,6 +55,17 @@ def streaming_job(gate: Path) -> list[str]:
 
 def expected_stdout(job_id: str) -> bytes:
     return "".join(f"line {i} {job_id}\n" for i in range(1, LINES + 1)).encode()
+
+
+def _story(job_id: str, job: Job, agents: list[AgentProc]) -> str:
+    """A job's history and what the agents logged about it, for a failure to explain."""
+    lines = [f"{job_id} ({job.state.name}, attempt {job.attempt}):"]
+    lines += [
+        f"  {s.state.name} attempt {s.attempt} by {s.actor}: {s.message}" for s in job.history
+    ]
+    for agent in agents:
+        lines += [f"  [{agent.name}] {line}" for line in agent.lines if job_id in line]
+    return "\n".join(lines)
 
 
 class Follower:
@@ -140,10 +151,11 @@ def test_replica_killed_mid_run_agents_and_followers_move(
     with SyncClient(group[1].address) as on_b:
         for job_id, job in jobs.items():
             states = [status.state for status in job.history]
-            assert job.state == JobState.COMPLETED, (job_id, job.state, job.message)
-            assert states.count(JobState.COMPLETED) == 1, states
-            assert states.count(JobState.RUNNING) == 1, f"{job_id} ran more than once: {states}"
-            assert states.count(JobState.CLAIMED) == job.attempt, states
+            why = _story(job_id, job, agents)
+            assert job.state == JobState.COMPLETED, why
+            assert states.count(JobState.COMPLETED) == 1, why
+            assert states.count(JobState.RUNNING) == 1, f"it ran more than once: {why}"
+            assert states.count(JobState.CLAIMED) == job.attempt, why
             if job_id in running:
                 assert job.attempt == 1, f"{job_id} was retried: a lease lapsed ({states})"
             else:
