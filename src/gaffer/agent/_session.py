@@ -149,7 +149,7 @@ class Session:
                     answer.set_result(response)
             error = Refused(grpc.StatusCode.UNAVAILABLE, "the server ended the session")
         except grpc.RpcError as ended:
-            error = ended
+            error = _unanswered(ended)
         finally:
             if self._stream is stream:
                 self._stream = None
@@ -172,8 +172,22 @@ class Session:
 
 
 async def _write(call: Any, request: pb.SessionRequest) -> None:
-    """Writes ``request``; a stream that already ended raises UNAVAILABLE."""
+    """Writes ``request``; a stream that already ended or broke raises UNAVAILABLE."""
     try:
         await call.write(request)
     except asyncio.InvalidStateError:
         raise Refused(grpc.StatusCode.UNAVAILABLE, "the session ended") from None
+    except grpc.RpcError as error:
+        raise _unanswered(error) from error
+
+
+def _unanswered(error: grpc.RpcError) -> grpc.RpcError:
+    """The error of a request whose stream broke before answering it: UNAVAILABLE, as a call
+    on a lost connection fails, so that its caller retries. grpc fails a write on a stream
+    whose connection just died with INTERNAL ("Internal error from Core"): taken as it came,
+    an agent failed the attempt it was reporting on (seen when a replica was SIGKILLed in
+    tests/e2e/test_replicas_failover.py). Any other status is the stream's own answer
+    (UNIMPLEMENTED: a server without Session) and stays as it is."""
+    if code_of(error) == grpc.StatusCode.INTERNAL:
+        return Refused(grpc.StatusCode.UNAVAILABLE, f"the session broke: {error.details()}")
+    return error
