@@ -24,7 +24,7 @@ from gaffer.agent._completions import Completions
 from gaffer.agent._config import AgentConfig
 from gaffer.agent._errors import AgentError
 from gaffer.agent._functions import builtin_functions
-from gaffer.agent._retry import TRANSIENT, Backoff, code_of, describe
+from gaffer.agent._retry import Backoff, code_of, describe, is_transient
 from gaffer.agent._runner import children_watched_with_pidfds
 from gaffer.agent._session import Session
 from gaffer.client._target import CHANNEL_OPTIONS, channel_target
@@ -169,7 +169,7 @@ class _Agent:
                 response = await self._stub.RegisterAgent(request, timeout=self._config.rpc_timeout)
                 break
             except grpc.RpcError as error:
-                if code_of(error) not in TRANSIENT:
+                if not is_transient(error):
                     raise AgentError(f"cannot register: {error}") from error
                 logger.warning(
                     "cannot reach %s (%s); retrying", self._config.server, describe(error)

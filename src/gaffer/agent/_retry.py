@@ -26,6 +26,11 @@ TRANSIENT = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+#: What grpc.aio's client reports when a write on a call whose connection just died fails
+#: (cygrpc.InternalError, as INTERNAL): the connection's loss, not the server's answer. Seen
+#: on the Session stream when a replica was killed; a client stream fed by an iterator (an
+#: artifact's upload) writes through the same code, and its call then ends with it.
+_DEAD_CONNECTION = "Internal error from Core"
 
 
 def code_of(error: BaseException) -> grpc.StatusCode | None:
@@ -43,6 +48,14 @@ def describe(error: BaseException) -> str:
         return repr(error)
     details = error.details() if hasattr(error, "details") else ""
     return f"{code.name}: {details}" if details else code.name
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether the same call may simply be tried again (see TRANSIENT)."""
+    code = code_of(error)
+    if code == grpc.StatusCode.INTERNAL:
+        return isinstance(error, grpc.RpcError) and error.details() == _DEAD_CONNECTION
+    return code in TRANSIENT
 
 
 def is_fenced(error: BaseException) -> bool:
@@ -94,7 +107,7 @@ async def call_with_retry(
         except grpc.RpcError as error:
             if is_fenced(error):
                 raise Fenced(f"{what}: {error.details()}") from error
-            if code_of(error) not in TRANSIENT or (deadline is not None and loop.time() > deadline):
+            if not is_transient(error) or (deadline is not None and loop.time() > deadline):
                 raise
             logger.info("%s failed (%s); retrying", what, describe(error))
         await backoff.sleep()
