@@ -2,8 +2,8 @@
 
 grpc fails a write on a stream whose connection just died with INTERNAL ("Internal error
 from Core"). Taken as it came, the agent failed the attempt it was reporting on: a job ran
-twice when a replica was SIGKILLed (tests/e2e/test_replicas_failover.py, about one run in
-60). That write failure cannot be produced on demand with a real server, so the calls here
+twice when a replica was SIGKILLed (tests/e2e/test_replicas_failover.py, once in 80
+runs). That write failure cannot be produced on demand with a real server, so the calls here
 are stand-ins for grpc's call objects, shaped as grpc.aio's are.
 """
 

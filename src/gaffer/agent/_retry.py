@@ -50,12 +50,19 @@ def describe(error: BaseException) -> str:
     return f"{code.name}: {details}" if details else code.name
 
 
+def lost_connection(error: BaseException) -> bool:
+    """Whether grpc's client failed a write because the connection had died (see
+    _DEAD_CONNECTION); the call then ends INTERNAL although the server said nothing."""
+    return (
+        code_of(error) == grpc.StatusCode.INTERNAL
+        and isinstance(error, grpc.RpcError)
+        and error.details() == _DEAD_CONNECTION
+    )
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether the same call may simply be tried again (see TRANSIENT)."""
-    code = code_of(error)
-    if code == grpc.StatusCode.INTERNAL:
-        return isinstance(error, grpc.RpcError) and error.details() == _DEAD_CONNECTION
-    return code in TRANSIENT
+    return code_of(error) in TRANSIENT or lost_connection(error)
 
 
 def is_fenced(error: BaseException) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from gaffer.agent._retry import code_of
+from gaffer.agent._retry import code_of, lost_connection
 from gaffer.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 pb = agent_service_pb2
@@ -183,11 +183,9 @@ async def _write(call: Any, request: pb.SessionRequest) -> None:
 
 def _unanswered(error: grpc.RpcError) -> grpc.RpcError:
     """The error of a request whose stream broke before answering it: UNAVAILABLE, as a call
-    on a lost connection fails, so that its caller retries. grpc fails a write on a stream
-    whose connection just died with INTERNAL ("Internal error from Core"): taken as it came,
-    an agent failed the attempt it was reporting on (seen when a replica was SIGKILLed in
-    tests/e2e/test_replicas_failover.py). Any other status is the stream's own answer
-    (UNIMPLEMENTED: a server without Session) and stays as it is."""
-    if code_of(error) == grpc.StatusCode.INTERNAL:
+    on a lost connection fails, also when grpc words the loss as INTERNAL (seen when a
+    replica was SIGKILLed in tests/e2e/test_replicas_failover.py). Any other status is the
+    stream's own answer (UNIMPLEMENTED: a server without Session) and stays as it is."""
+    if lost_connection(error):
         return Refused(grpc.StatusCode.UNAVAILABLE, f"the session broke: {error.details()}")
     return error
