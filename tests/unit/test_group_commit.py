@@ -70,9 +70,12 @@ async def test_a_failing_body_rolls_back_only_itself(conn: sqlite3.Connection) -
     committer = GroupCommitter(conn.execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
     committer.start()
     published: list[int] = []
+    aborted: list[int] = []
 
     async def write(i: int) -> None:
-        async with committer.transaction(lambda: published.append(i)):
+        async with committer.transaction(
+            lambda: published.append(i), on_abort=lambda: aborted.append(i)
+        ):
             conn.execute("INSERT INTO t VALUES (?)", (i,))
             if i % 3 == 0:
                 raise ValueError(i)
@@ -83,6 +86,7 @@ async def test_a_failing_body_rolls_back_only_itself(conn: sqlite3.Connection) -
     assert failed == [0, 3, 6, 9]
     assert values(conn) == [i for i in range(12) if i % 3]
     assert sorted(published) == [i for i in range(12) if i % 3]
+    assert sorted(aborted) == failed
 
 
 async def test_a_body_that_suspends_is_not_interleaved(conn: sqlite3.Connection) -> None:
@@ -162,16 +166,58 @@ async def test_a_failed_commit_reaches_every_caller(conn: sqlite3.Connection) ->
     committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
     committer.start()
     published: list[int] = []
+    aborted: list[int] = []
 
     async def write(i: int) -> None:
-        async with committer.transaction(lambda: published.append(i), durable=i % 2 == 0):
+        async with committer.transaction(
+            lambda: published.append(i), durable=i % 2 == 0, on_abort=lambda: aborted.append(i)
+        ):
             conn.execute("INSERT INTO t VALUES (?)", (i,))
 
     results = await asyncio.gather(*(write(i) for i in range(4)), return_exceptions=True)
     await committer.close()
     assert all(isinstance(r, Unavailable) for r in results), results
     assert published == []
+    assert sorted(aborted) == [0, 1, 2, 3]
     assert values(conn) == []
+
+
+async def test_a_caller_that_left_still_hears_its_batch_failed(conn: sqlite3.Connection) -> None:
+    """on_abort reaches a body whose caller was cancelled after it joined the batch."""
+
+    def execute(sql: str) -> None:
+        if sql == "COMMIT":
+            raise OSError("disk full")
+        conn.execute(sql)
+
+    committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer.start()
+    aborted: list[str] = []
+    joined, holding, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def quick() -> None:
+        async with committer.transaction(lambda: None, on_abort=lambda: aborted.append("quick")):
+            conn.execute("INSERT INTO t VALUES (1)")
+        joined.set()  # not reached: the commit fails, or the caller is cancelled
+
+    async def suspending() -> None:
+        async with committer.transaction(lambda: None, on_abort=lambda: aborted.append("slow")):
+            conn.execute("INSERT INTO t VALUES (2)")
+            holding.set()
+            await release.wait()  # holds the batch open
+
+    leaving = asyncio.create_task(quick())
+    holder = asyncio.create_task(suspending())
+    await holding.wait()  # quick's body is in the batch; the batch waits for this one
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert aborted == []
+    release.set()
+    results = await asyncio.gather(holder, return_exceptions=True)
+    await committer.close()
+    assert isinstance(results[0], Unavailable)
+    assert sorted(aborted) == ["quick", "slow"]
+    assert not joined.is_set() and values(conn) == []
 
 
 async def test_durable_callers_wait_for_a_sync_that_covers_their_commit(

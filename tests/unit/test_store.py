@@ -400,15 +400,84 @@ async def test_a_request_id_repeated_before_the_commit_finds_the_first_job(
     assert (await sqlite_store.get_job(first.job.id)) is not None
 
 
-async def test_a_job_written_at_commit_cannot_be_updated_before_it(
+async def test_a_job_written_at_commit_cannot_be_updated_by_another_body_before_it(
     sqlite_store: SqliteStore,
 ) -> None:
+    """Another body of the same batch sees no row to update yet: it is refused, and the
+    job is written as its own body left it."""
     stored = make_job()
-    with pytest.raises(ValueError, match="not written yet"):
+    inserted = asyncio.Event()
+
+    async def other_body() -> None:
+        await inserted.wait()
+        async with sqlite_store.transaction() as tx:
+            stored.job.state = S.JOB_STATE_CLAIMED
+            await tx.update_job(stored)
+
+    async def inserting_body() -> None:
         async with sqlite_store.transaction() as tx:
             await tx.insert_job_with_event(stored, job_pb2.JobEvent(job_id=stored.job.id))
-            await tx.update_job(stored)
-    assert await sqlite_store.get_job(stored.job.id) is None
+            inserted.set()
+
+    results = await asyncio.gather(inserting_body(), other_body(), return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], ValueError) and "not written yet" in str(results[1])
+    found = await sqlite_store.get_job(stored.job.id)
+    assert found is not None and found.job.state == S.JOB_STATE_PENDING
+
+
+async def test_a_job_inserted_in_a_transaction_is_updated_and_followed_by_events_in_it(
+    store: Store,
+) -> None:
+    """What a handoff does in the submit's transaction: the job commits as last written,
+    and its events in the order they were appended."""
+    stored = make_job()
+    before = await store.last_event_seq()
+    async with store.transaction() as tx:
+        created = job_pb2.JobEvent(job_id=stored.job.id, state=S.JOB_STATE_PENDING)
+        await tx.insert_job_with_event(stored, created)
+        stored.job.state = S.JOB_STATE_CLAIMED
+        stored.lease_token = "lease-1"
+        await tx.update_job(stored)
+        await tx.append_events(
+            [("t1", job_pb2.JobEvent(job_id=stored.job.id, state=S.JOB_STATE_CLAIMED))]
+        )
+        await tx.append_event(
+            "t1", job_pb2.JobEvent(job_id=stored.job.id, state=S.JOB_STATE_RUNNING)
+        )
+    found = await store.get_job(stored.job.id)
+    assert found is not None
+    assert (found.job.state, found.lease_token) == (S.JOB_STATE_CLAIMED, "lease-1")
+    events = await store.read_events("t1", after_seq=before, limit=10)
+    assert [e.state for e in events] == [
+        S.JOB_STATE_PENDING,
+        S.JOB_STATE_CLAIMED,
+        S.JOB_STATE_RUNNING,
+    ]
+
+
+async def test_a_transaction_tells_whether_it_committed(store: Store) -> None:
+    """when_settled: True after a commit (before the topics wake anyone), False when the
+    body fails; each callback once."""
+    heard: list[tuple[str, bool]] = []
+    woken_before: list[bool] = []
+    notifier: Notifier = store._notifier  # type: ignore[attr-defined]
+    with notifier.subscribe("queue:settle") as sub:
+
+        def first(ok: bool) -> None:
+            heard.append(("first", ok))
+            woken_before.append(sub._event.is_set())
+
+        async with store.transaction() as tx:
+            tx.topics.add("queue:settle")
+            tx.when_settled(first)
+        assert heard == [("first", True)] and woken_before == [False]
+        assert await sub.wait(0)
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            tx.when_settled(lambda ok: heard.append(("second", ok)))
+            raise RuntimeError("the body failed")
+    assert heard == [("first", True), ("second", False)]
 
 
 async def test_a_failed_bulk_write_fails_its_whole_batch_and_the_next_one_commits(

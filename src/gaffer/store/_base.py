@@ -8,12 +8,15 @@ notifier only after the commit, so a woken reader always finds what woke it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gaffer.v1 import agent_service_pb2, job_pb2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,12 +62,24 @@ class LogAppend:
 
 @dataclass
 class Topics:
-    """Notification topics a transaction touched, published after it commits."""
+    """Notification topics a transaction touched, published after it commits; and what
+    waits to hear whether it committed (see Transaction.when_settled)."""
 
     names: set[str] = field(default_factory=set)
+    settle_callbacks: list[Callable[[bool], None]] = field(default_factory=list)
 
     def add(self, name: str) -> None:
         self.names.add(name)
+
+    def settle(self, committed: bool) -> None:
+        """Tells the callbacks, once: the store calls it right after the commit (before the
+        topics are published), or once it knows the transaction will not commit."""
+        callbacks, self.settle_callbacks = self.settle_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(committed)
+            except Exception:
+                log.exception("a transaction's settle callback failed")
 
 
 def job_topic(job_id: str) -> str:
@@ -95,6 +110,12 @@ class Transaction(abc.ABC):
     """One write transaction; every method runs inside it."""
 
     topics: Topics
+
+    def when_settled(self, callback: Callable[[bool], None]) -> None:
+        """Calls ``callback(True)`` once this transaction committed, before anyone is woken
+        by it; ``callback(False)`` once it is known not to commit (its body or its commit
+        failed). Called once, on the loop."""
+        self.topics.settle_callbacks.append(callback)
 
     @abc.abstractmethod
     async def insert_job(self, stored: StoredJob) -> StoredJob:

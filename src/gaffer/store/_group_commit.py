@@ -49,6 +49,7 @@ class _Batch:
     #: Per caller: the future it waits on, and whether it waits for the sync too.
     waiters: list[tuple[asyncio.Future[None], bool]] = field(default_factory=list)
     on_commit: list[Callable[[], None]] = field(default_factory=list)
+    on_abort: list[Callable[[], None]] = field(default_factory=list)
 
 
 class GroupCommitter:
@@ -133,16 +134,19 @@ class GroupCommitter:
         durable: bool = True,
         value: Any = None,
         on_success: Callable[[], None] | None = None,
+        on_abort: Callable[[], None] | None = None,
     ) -> _Transaction:
         """Runs the body inside the open batch; returns once the batch committed.
 
         ``on_commit`` runs after the commit that holds the body's work (not on failure); a
         ``durable`` body also waits until that commit is on disk. ``on_success`` runs when
-        the body ends without error (its work joins the batch). The context gives ``value``.
+        the body ends without error (its work joins the batch). ``on_abort`` runs when the
+        body's work is undone: the body failed, or the commit of its batch did (whether or
+        not its caller still waits). The context gives ``value``.
         """
         if self._closed:
             raise self._wrap_error(RuntimeError("the store is closed"))
-        return _Transaction(self, on_commit, durable, value, on_success)
+        return _Transaction(self, on_commit, durable, value, on_success, on_abort)
 
     async def between_batches(self, work: Callable[[], object]) -> None:
         """Runs ``work`` on the writer with no transaction open (the open batch commits
@@ -208,6 +212,7 @@ class GroupCommitter:
             error = self._wrap_error(exc)
             for done, _ in batch.waiters:
                 _settle(done, error)
+            _run_all(batch.on_abort, "after-abort")
             return
         self.commits += 1
         for done, durable in batch.waiters:
@@ -216,11 +221,7 @@ class GroupCommitter:
             else:
                 _settle(done, None)
         self._sync_next()
-        for callback in batch.on_commit:
-            try:
-                callback()
-            except Exception:
-                log.exception("after-commit callback failed")
+        _run_all(batch.on_commit, "after-commit")
 
     def _sync_next(self) -> None:
         """Starts one sync for every durable caller committed so far, unless one runs (those
@@ -249,7 +250,9 @@ class _Transaction:
     """One body's pass through the committer (a class, not a generator: every submit pays
     for this, and two generator-based context managers cost more than the body's SQL)."""
 
-    __slots__ = ("_batch", "_committer", "_durable", "_on_commit", "_on_success", "_value")
+    __slots__ = (
+        "_batch", "_committer", "_durable", "_on_abort", "_on_commit", "_on_success", "_value"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -258,10 +261,12 @@ class _Transaction:
         durable: bool,
         value: Any,
         on_success: Callable[[], None] | None,
+        on_abort: Callable[[], None] | None,
     ) -> None:
         self._committer = committer
         self._on_commit = on_commit
         self._on_success = on_success
+        self._on_abort = on_abort
         self._durable = durable
         self._value = value
         self._batch: _Batch | None = None
@@ -295,12 +300,12 @@ class _Transaction:
         try:
             try:
                 if exc_type is not None:
-                    committer._undo_body()
+                    self._undo()
                     return
                 try:
                     committer._execute("RELEASE gaffer_tx")
                 except BaseException:
-                    committer._undo_body()
+                    self._undo()
                     raise
                 if self._on_success is not None:
                     self._on_success()
@@ -308,11 +313,26 @@ class _Transaction:
                 done = loop.create_future()
                 batch.waiters.append((done, self._durable and committer._sync is not None))
                 batch.on_commit.append(self._on_commit)
+                if self._on_abort is not None:
+                    batch.on_abort.append(self._on_abort)
             finally:
                 committer._lock.release()
             await done
         finally:
             committer._left()
+
+    def _undo(self) -> None:
+        self._committer._undo_body()
+        if self._on_abort is not None:
+            _run_all([self._on_abort], "after-abort")
+
+
+def _run_all(callbacks: list[Callable[[], None]], what: str) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("%s callback failed", what)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

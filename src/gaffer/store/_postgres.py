@@ -549,10 +549,15 @@ class PostgresStore(Store):
                 with _mapped("commit"):
                     await conn.execute("COMMIT")
             except BaseException:
+                # Told first: a ROLLBACK cut short by cancellation must not skip it. (A COMMIT
+                # cut short counts as not committed; if it did commit, a job it handed to a
+                # waiting claim waits out its lease, as one whose claim answer is lost.)
+                tx.topics.settle(False)
                 # A dead connection has nothing to roll back (and may be detached already).
                 with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
                     await conn.execute("ROLLBACK")
                 raise
+            tx.topics.settle(True)
             self._notifier.publish(tx.topics.names)
             topics = tx.topics.names if self._notify else set()
             # After the commit, outside the sequence row's lock. A notification is only a hint

@@ -98,12 +98,23 @@ class _NewRows:
     jobs: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[str, str, bytes]] = field(default_factory=list)
     requests: dict[tuple[str, str], StoredJob] = field(default_factory=dict)
+    #: Job id -> its row's index in ``jobs`` (a transaction's own rows only, see replace).
+    index: dict[str, int] = field(default_factory=dict)
 
     def add(self, stored: StoredJob, event: job_pb2.JobEvent) -> None:
+        self.index[stored.job.id] = len(self.jobs)
         self.jobs.append(job_row(stored))
         self.events.append((event.job_id, stored.tenant, event.SerializeToString()))
         if stored.job.request_id:
             self.requests[(stored.tenant, stored.job.request_id)] = stored
+
+    def replace(self, stored: StoredJob) -> bool:
+        """Rewrites the row of a job added here; False if it was not."""
+        i = self.index.get(stored.job.id)
+        if i is None:
+            return False
+        self.jobs[i] = job_row(stored)
+        return True
 
     def extend(self, other: _NewRows) -> None:
         self.jobs += other.jobs
@@ -161,6 +172,8 @@ class _SqliteTransaction(Transaction):
 
     async def update_job(self, stored: StoredJob) -> None:
         if not stored.seq:
+            if self.new_rows.replace(stored):  # inserted by this transaction: at its commit
+                return
             raise ValueError(f"job {stored.job.id} is not written yet (it is, at commit)")
         self._conn.execute(
             "UPDATE jobs SET state = ?, agent_id = ?, lease_token = ?, lease_expires = ?,"
@@ -169,13 +182,18 @@ class _SqliteTransaction(Transaction):
         )
 
     async def append_event(self, tenant: str, event: job_pb2.JobEvent) -> None:
-        self._conn.execute(_INSERT_EVENT, (event.job_id, tenant, event.SerializeToString()))
+        row = (event.job_id, tenant, event.SerializeToString())
+        if self.new_rows.events:  # after this transaction's deferred ones, in order
+            self.new_rows.events.append(row)
+        else:
+            self._conn.execute(_INSERT_EVENT, row)
 
     async def append_events(self, events: Sequence[tuple[str, job_pb2.JobEvent]]) -> None:
-        self._conn.executemany(
-            _INSERT_EVENT,
-            [(event.job_id, tenant, event.SerializeToString()) for tenant, event in events],
-        )
+        rows = [(event.job_id, tenant, event.SerializeToString()) for tenant, event in events]
+        if self.new_rows.events:
+            self.new_rows.events.extend(rows)
+        else:
+            self._conn.executemany(_INSERT_EVENT, rows)
 
     async def pending_jobs(self, queues: Sequence[str], now: float, limit: int) -> list[StoredJob]:
         rows = _fetchall(
@@ -479,12 +497,19 @@ class SqliteStore(Store):
         if self._writer is None or self._committer is None:
             raise StoreUnavailable("the store is closed")
         tx = _SqliteTransaction(self._writer, self._new_rows)
+        topics = tx.topics
         return self._committer.transaction(
-            lambda: self._notifier.publish_committed(tx.topics.names),
+            lambda: self._committed(topics),
             durable=durable,
             value=tx,
             on_success=lambda: self._new_rows.extend(tx.new_rows),
+            on_abort=lambda: topics.settle(False),
         )
+
+    def _committed(self, topics: Topics) -> None:
+        if topics.settle_callbacks:
+            topics.settle(True)
+        self._notifier.publish_committed(topics.names)
 
     async def any_pending(self, queues: Sequence[str], now: float) -> bool:
         row = _fetchone(
