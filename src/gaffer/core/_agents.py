@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from gaffer.core._context import CoreSettings
+from gaffer.core._handoff import Handoffs, add_resources
 from gaffer.core._transitions import (
     apply_state,
     change_state,
@@ -123,6 +124,52 @@ def _fits(job: job_pb2.Job, agent: agent_pb2.Agent, used: job_pb2.Resources) -> 
     return not (need.gpu and used.gpu + need.gpu > cap.gpu)
 
 
+async def _room(
+    tx: Transaction, agent_id: str, agent: agent_pb2.Agent
+) -> tuple[int, job_pb2.Resources]:
+    """How many more jobs the agent may hold, and the resources of those it holds."""
+    cap = agent.capacity
+    used = job_pb2.Resources()
+    if cap.cpu or cap.memory_bytes or cap.gpu:
+        held = await tx.jobs_of_agent(agent_id)
+        for other in held:
+            add_resources(used, other.job)
+        return cap.slots - len(held), used
+    return cap.slots - await tx.count_held(agent_id), used
+
+
+def _take(
+    stored: StoredJob,
+    agent_id: str,
+    agent: agent_pb2.Agent,
+    *,
+    now: float,
+    expires: float,
+    actor: str,
+) -> job_pb2.JobEvent:
+    """Makes the job the next attempt of the agent, leased until ``expires`` (the caller
+    writes it); returns its CLAIMED event."""
+    job = stored.job
+    job.attempt += 1
+    job.agent_id = agent_id
+    job.ClearField("exit_code")
+    stored.lease_token = new_lease_token()
+    stored.lease_expires = expires
+    stored.not_before = 0.0
+    message = f"attempt {job.attempt} claimed by {agent.name}"
+    apply_state(stored, job_pb2.JOB_STATE_CLAIMED, now=now, message=message, actor=actor)
+    return state_event(
+        stored, job_pb2.JOB_EVENT_TYPE_STATE_CHANGED, now=now, message=message, actor=actor
+    )
+
+
+async def _heard_from(tx: Transaction, stored_agent: StoredAgent, now: float) -> None:
+    """A claim counts as a heartbeat."""
+    stored_agent.last_heartbeat = now
+    stored_agent.agent.last_heartbeat_time.CopyFrom(timestamp(now))
+    await tx.put_agent(stored_agent)
+
+
 def _clamped(job: job_pb2.Job, at: float, now: float) -> float:
     """An agent's time for a status, kept between the previous status's and now (agents'
     clocks drift; the history stays in order)."""
@@ -147,6 +194,7 @@ class Agents:
         # An agent id names one agent for good (registering again under a name keeps its id),
         # so its name can be remembered instead of read for every status it reports.
         self._names: dict[str, str] = {}
+        self._handoffs = Handoffs()
 
     def _now(self) -> float:
         return self._settings.clock()
@@ -235,7 +283,15 @@ class Agents:
                 remaining = deadline - time.monotonic()
                 if claimed or remaining <= 0:
                     return claimed
-                await sub.wait(min(remaining, self._settings.recheck_interval))
+                offer = self._handoffs.open(agent_id, queues, max_jobs or 1)
+                try:
+                    await sub.wait(min(remaining, self._settings.recheck_interval))
+                except BaseException:
+                    self._handoffs.close(offer)
+                    raise
+                handed = await self._handoffs.taken(offer)
+                if handed:
+                    return handed
 
     async def _claim_once(self, agent_id: str, max_jobs: int) -> list[tuple[StoredJob, float]]:
         now = self._now()
@@ -245,55 +301,77 @@ class Agents:
             agent = stored_agent.agent
             if agent.state == agent_pb2.AGENT_STATE_DRAINING:
                 return []
-            cap = agent.capacity
-            used = job_pb2.Resources()
-            if cap.cpu or cap.memory_bytes or cap.gpu:
-                held = await tx.jobs_of_agent(agent_id)
-                for other in held:
-                    used.cpu += other.job.spec.resources.cpu
-                    used.memory_bytes += other.job.spec.resources.memory_bytes
-                    used.gpu += other.job.spec.resources.gpu
-                free = cap.slots - len(held)
-            else:
-                free = cap.slots - await tx.count_held(agent_id)
+            free, used = await _room(tx, agent_id, agent)
             if free <= 0:
                 return []
             want = min(max_jobs, free)
             expires = now + self._settings.lease_ttl
             actor = self.actor(agent)
-            changed = job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
             events: list[tuple[StoredJob, job_pb2.JobEvent]] = []
             candidates = self._candidates(tx, list(agent.queues), now, want)
             async for stored in candidates:
-                job = stored.job
-                if not _fits(job, agent, used):
+                if not _fits(stored.job, agent, used):
                     continue
-                used.cpu += job.spec.resources.cpu
-                used.memory_bytes += job.spec.resources.memory_bytes
-                used.gpu += job.spec.resources.gpu
-                job.attempt += 1
-                job.agent_id = agent_id
-                job.ClearField("exit_code")
-                stored.lease_token = new_lease_token()
-                stored.lease_expires = expires
-                stored.not_before = 0.0
-                message = f"attempt {job.attempt} claimed by {agent.name}"
-                apply_state(
-                    stored, job_pb2.JOB_STATE_CLAIMED, now=now, message=message, actor=actor
-                )
+                add_resources(used, stored.job)
+                event = _take(stored, agent_id, agent, now=now, expires=expires, actor=actor)
                 await tx.update_job(stored)
-                event = state_event(stored, changed, now=now, message=message, actor=actor)
                 events.append((stored, event))
                 claimed.append((stored, expires))
                 if len(claimed) >= want:
                     await candidates.aclose()
                     break
             if claimed:
-                stored_agent.last_heartbeat = now
-                agent.last_heartbeat_time.CopyFrom(timestamp(now))
-                await tx.put_agent(stored_agent)
+                await _heard_from(tx, stored_agent, now)
                 await record_events(tx, events)
         return claimed
+
+    def claims_waiting(self) -> int:
+        return self._handoffs.waiting
+
+    def jobs_handed_off(self) -> int:
+        return self._handoffs.handed
+
+    async def hand_off(self, tx: Transaction, stored: StoredJob, now: float) -> None:
+        """Claims a job just submitted in ``tx`` for a claim waiting on its queue, if one
+        can take it (see _handoff); otherwise leaves it PENDING, for the next claim."""
+        job = stored.job
+        if stored.not_before > now:
+            return
+        for offer in self._handoffs.candidates(job.spec.queue):
+            if not offer.open or offer.given() >= offer.want:
+                continue
+            read_agent = offer.agent is None
+            if read_agent:
+                if offer.reader is not None:
+                    continue
+                offer.reader = tx
+                try:
+                    stored_agent = await tx.get_agent(offer.agent_id)
+                    draining = agent_pb2.AGENT_STATE_DRAINING
+                    if stored_agent is None or stored_agent.agent.state == draining:
+                        continue
+                    room, used = await _room(tx, offer.agent_id, stored_agent.agent)
+                finally:
+                    offer.reader = None
+                if not offer.open:
+                    continue
+                offer.agent, offer.room, offer.used = stored_agent, room, used
+            assert offer.agent is not None
+            agent = offer.agent.agent
+            if offer.room <= 0 or not _fits(job, agent, offer.used):
+                continue
+            expires = now + self._settings.lease_ttl
+            self._handoffs.hold(offer, tx).append((stored, expires))
+            offer.room -= 1
+            add_resources(offer.used, job)
+            event = _take(
+                stored, offer.agent_id, agent, now=now, expires=expires, actor=self.actor(agent)
+            )
+            await tx.update_job(stored)
+            await record_events(tx, [(stored, event)])
+            if read_agent:
+                await _heard_from(tx, offer.agent, now)
+            return
 
     async def _candidates(
         self, tx: Transaction, queues: list[str], now: float, want: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gaffer.core._context import Caller, CoreSettings
@@ -129,16 +129,27 @@ def job_not_found(job_id: str) -> NotFound:
     return NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
 
 
+#: Agents.hand_off: claims a job just submitted, in its transaction, for a waiting claim.
+HandOff = Callable[[Transaction, StoredJob, float], Awaitable[None]]
+
+
 class Jobs:
     """Submit, read, cancel, wait for and follow jobs."""
 
     def __init__(
-        self, store: Store, notifier: Notifier, blobs: BlobStore, settings: CoreSettings
+        self,
+        store: Store,
+        notifier: Notifier,
+        blobs: BlobStore,
+        settings: CoreSettings,
+        *,
+        hand_off: HandOff | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
         self._blobs = blobs
         self._settings = settings
+        self._hand_off = hand_off
         self._tail = EventTail(store, notifier, recheck=settings.recheck_interval)
 
     def _now(self) -> float:
@@ -234,6 +245,8 @@ class Jobs:
         stored = StoredJob(job=job, tenant=caller.tenant)
         await insert_submitted(tx, stored, now=now, actor=caller.actor)
         tx.topics.add(queue_topic(job.spec.queue))
+        if self._hand_off is not None:
+            await self._hand_off(tx, stored, now)
         return self._present(stored), False
 
     async def get(self, caller: Caller, job_id: str) -> job_pb2.Job:

@@ -169,8 +169,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         limits=config.limits,
     )
     blobs = BlobStore(store.blob_dir)
-    jobs = Jobs(store, notifier, blobs, settings)
     agents = Agents(store, notifier, blobs, settings)
+    jobs = Jobs(store, notifier, blobs, settings, hand_off=agents.hand_off)
     # Only the embedded store: its one server was down, so every agent lost touch at once.
     # Replicas on PostgreSQL restart one at a time while the others keep leases current.
     extended = 0 if config.database_url else await agents.recover()
@@ -181,6 +181,15 @@ async def start_server(config: ServerConfig) -> RunningServer:
     metrics.extra["gaffer_notifier_subscriptions"] = (
         "Readers waiting on store changes (streams, long polls).",
         notifier.subscriber_count,
+    )
+    metrics.extra["gaffer_claims_waiting"] = (
+        "Agents' claims waiting on this server for work (a job submitted here goes straight"
+        " to one that can take it).",
+        agents.claims_waiting,
+    )
+    metrics.extra_counters["gaffer_jobs_handed_off_total"] = (
+        "Jobs claimed for a waiting claim by the transaction that submitted them.",
+        agents.jobs_handed_off,
     )
     server = grpc.aio.server(
         options=grpc_options(config),

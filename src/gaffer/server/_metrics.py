@@ -27,6 +27,8 @@ class Metrics:
     open_streams: int = 0
     store_up: int = 1
     extra: dict[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
+    #: Counters read when scraped (names end in _total).
+    extra_counters: dict[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
     #: Calls received since start, by full method name.
     calls: dict[str, int] = field(default_factory=dict)
 
@@ -44,6 +46,8 @@ class Metrics:
         lines: list[str] = []
         for name, doc, value in gauges:
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        for name, (doc, read) in self.extra_counters.items():
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter", f"{name} {read():g}"]
         lines += [
             "# HELP gaffer_rpcs_total Calls received since start, by method (a request on an"
             " agent's Session counts as a call of the method it stands for).",

@@ -105,9 +105,10 @@ class Notifier:
 
         Claims wait on queue topics and agents on their own. When one of them is woken,
         streams and waits for a job's end are woken at the next turn of the loop: by then
-        the claim has run its body and joined a batch, which commits before the event tail
-        reads. So the job reaches its agent before the sends to followers, and they get its
-        CREATED and CLAIMED events in one read. Otherwise everything is woken at once.
+        the claim has answered with the job the submit handed it, or run its body and joined
+        a batch, which commits before the event tail reads. So the job reaches its agent
+        before the sends to followers, and they get its CREATED and CLAIMED events in one
+        read. Otherwise everything is woken at once.
         """
         later: list[str] = []
         woke_work = False

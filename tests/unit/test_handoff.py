@@ -1,0 +1,108 @@
+"""Jobs handed to a waiting claim by the submit's transaction, against real stores.
+
+What the API cannot show on demand: a transaction that hands a job over and then does not
+commit gives the claim nothing, and the claim goes on waiting for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from gaffer.core import Agents, Caller, CoreSettings, Jobs
+from gaffer.domain import new_job_id
+from gaffer.store import BlobStore, Notifier, PostgresStore, SqliteStore, Store, StoredJob
+from gaffer.v1 import agent_service_pb2 as apb
+from gaffer.v1 import job_pb2
+from tests.helpers import wait_until_async
+from tests.unit.pg_support import fresh_schema, temporary_database
+
+S = job_pb2.JobState
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    yield from temporary_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    notifier = Notifier()
+    impl: Store
+    if request.param == "postgres":
+        dsn = await fresh_schema(request.getfixturevalue("pg_database"))
+        impl = PostgresStore(dsn, notifier, blob_dir=tmp_path / "blobs")
+    else:
+        impl = SqliteStore(tmp_path / "data", notifier)
+    await impl.open()
+    yield impl
+    await impl.close()
+
+
+def core(store: Store) -> tuple[Agents, Jobs]:
+    notifier: Notifier = store._notifier  # type: ignore[attr-defined]
+    blobs = BlobStore(store.blob_dir)
+    agents = Agents(store, notifier, blobs, CoreSettings())
+    return agents, Jobs(store, notifier, blobs, CoreSettings(), hand_off=agents.hand_off)
+
+
+def spec() -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(exec=job_pb2.ExecExecutor(argv=["true"]))
+
+
+async def waiting_claim(
+    agents: Agents, agent_id: str
+) -> asyncio.Task[list[tuple[StoredJob, float]]]:
+    claim = asyncio.create_task(agents.claim(agent_id, 4, 20.0))
+
+    async def waiting() -> bool:
+        return agents.claims_waiting() == 1
+
+    await wait_until_async(waiting, what="the claim to wait")
+    return claim
+
+
+async def test_a_handoff_that_does_not_commit_gives_the_claim_nothing(store: Store) -> None:
+    agents, jobs = core(store)
+    agent = await agents.register("a1", {}, apb.Capacity(slots=4), ["default"])
+    claim = await waiting_claim(agents, agent.id)
+
+    lost = StoredJob(
+        job_pb2.Job(id=new_job_id(), state=S.JOB_STATE_PENDING, spec=spec()), tenant="default"
+    )
+    lost.job.spec.queue = "default"
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.insert_job_with_event(lost, job_pb2.JobEvent(job_id=lost.job.id))
+            await agents.hand_off(tx, lost, 1000.0)
+            assert lost.job.state == S.JOB_STATE_CLAIMED  # handed, until the body fails
+            raise RuntimeError("the submit fails after the handoff")
+    await asyncio.sleep(0)  # give a wrongly woken claim its turn
+    assert not claim.done()
+    assert agents.claims_waiting() == 1 and agents.jobs_handed_off() == 0
+    assert await store.get_job(lost.job.id) is None
+
+    job, existing = await jobs.submit(Caller(), spec(), "", validate_only=False)
+    assert not existing and job.state == S.JOB_STATE_CLAIMED
+    taken = await asyncio.wait_for(claim, 10)
+    assert [s.job.id for s, _ in taken] == [job.id]
+    stored = await store.get_job(job.id)
+    assert stored is not None and stored.job.state == S.JOB_STATE_CLAIMED
+    assert stored.lease_token == taken[0][0].lease_token != ""
+    assert agents.claims_waiting() == 0 and agents.jobs_handed_off() == 1
+
+
+async def test_a_claim_that_was_cancelled_is_handed_nothing(store: Store) -> None:
+    agents, jobs = core(store)
+    agent = await agents.register("a1", {}, apb.Capacity(slots=4), ["default"])
+    claim = await waiting_claim(agents, agent.id)
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    assert agents.claims_waiting() == 0
+    job, _ = await jobs.submit(Caller(), spec(), "", validate_only=False)
+    assert job.state == S.JOB_STATE_PENDING
+    assert agents.jobs_handed_off() == 0
