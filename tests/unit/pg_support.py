@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+
+from gaffer.store import Notifier, PostgresStore, SqliteStore, Store
 
 T = TypeVar("T")
 
@@ -84,3 +87,21 @@ def fetch(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
             await conn.close()
 
     return _run(go())
+
+
+@pytest.fixture(name="store", params=["sqlite", "postgres"])
+async def either_store_fixture(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Store]:
+    """A fresh SQLite store, or a PostgreSQL one on a fresh schema of the module's
+    ``pg_database`` fixture (import this as ``either_store_fixture``: it is ``store``)."""
+    notifier = Notifier()
+    impl: Store
+    if request.param == "postgres":
+        dsn = await fresh_schema(request.getfixturevalue("pg_database"))
+        impl = PostgresStore(dsn, notifier, blob_dir=tmp_path / "blobs")
+    else:
+        impl = SqliteStore(tmp_path / "data", notifier)
+    await impl.open()
+    yield impl
+    await impl.close()

@@ -157,13 +157,21 @@ async def test_a_caller_cancelled_while_waiting_writes_nothing(conn: sqlite3.Con
     assert values(conn) == [1, 3]
 
 
-async def test_a_failed_commit_reaches_every_caller(conn: sqlite3.Connection) -> None:
+def failing_commits(conn: sqlite3.Connection) -> Callable[[str], None]:
+    """An execute whose every COMMIT fails, as on a full disk."""
+
     def execute(sql: str) -> None:
         if sql == "COMMIT":
             raise OSError("disk full")
         conn.execute(sql)
 
-    committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    return execute
+
+
+async def test_a_failed_commit_reaches_every_caller(conn: sqlite3.Connection) -> None:
+    committer = GroupCommitter(
+        failing_commits(conn), begin="BEGIN IMMEDIATE", wrap_error=Unavailable
+    )
     committer.start()
     published: list[int] = []
     aborted: list[int] = []
@@ -184,13 +192,9 @@ async def test_a_failed_commit_reaches_every_caller(conn: sqlite3.Connection) ->
 
 async def test_a_caller_that_left_still_hears_its_batch_failed(conn: sqlite3.Connection) -> None:
     """on_abort reaches a body whose caller was cancelled after it joined the batch."""
-
-    def execute(sql: str) -> None:
-        if sql == "COMMIT":
-            raise OSError("disk full")
-        conn.execute(sql)
-
-    committer = GroupCommitter(execute, begin="BEGIN IMMEDIATE", wrap_error=Unavailable)
+    committer = GroupCommitter(
+        failing_commits(conn), begin="BEGIN IMMEDIATE", wrap_error=Unavailable
+    )
     committer.start()
     aborted: list[str] = []
     joined, holding, release = asyncio.Event(), asyncio.Event(), asyncio.Event()

@@ -7,18 +7,20 @@ commit gives the claim nothing, and the claim goes on waiting for the next one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from gaffer.core import Agents, Caller, CoreSettings, Jobs
 from gaffer.domain import new_job_id
-from gaffer.store import BlobStore, Notifier, PostgresStore, SqliteStore, Store, StoredJob
+from gaffer.store import BlobStore, Notifier, Store, StoredJob
 from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import job_pb2
 from tests.helpers import wait_until_async
-from tests.unit.pg_support import fresh_schema, temporary_database
+from tests.unit.pg_support import (
+    either_store_fixture,  # noqa: F401 (the store fixture)
+    temporary_database,
+)
 
 S = job_pb2.JobState
 
@@ -26,20 +28,6 @@ S = job_pb2.JobState
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
     yield from temporary_database()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    notifier = Notifier()
-    impl: Store
-    if request.param == "postgres":
-        dsn = await fresh_schema(request.getfixturevalue("pg_database"))
-        impl = PostgresStore(dsn, notifier, blob_dir=tmp_path / "blobs")
-    else:
-        impl = SqliteStore(tmp_path / "data", notifier)
-    await impl.open()
-    yield impl
-    await impl.close()
 
 
 def core(store: Store) -> tuple[Agents, Jobs]:

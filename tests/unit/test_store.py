@@ -13,14 +13,16 @@ from gaffer.domain import OutOfRange, StoreUnavailable, new_job_id
 from gaffer.store import (
     JobQuery,
     Notifier,
-    PostgresStore,
     SqliteStore,
     Store,
     StoredJob,
     job_topic,
 )
 from gaffer.v1 import job_pb2
-from tests.unit.pg_support import fresh_schema, temporary_database
+from tests.unit.pg_support import (
+    either_store_fixture,  # noqa: F401 (the store fixture)
+    temporary_database,
+)
 
 S = job_pb2.JobState
 OUT, ERR = job_pb2.LOG_STREAM_STDOUT, job_pb2.LOG_STREAM_STDERR
@@ -30,20 +32,6 @@ OUT, ERR = job_pb2.LOG_STREAM_STDOUT, job_pb2.LOG_STREAM_STDERR
 def pg_database() -> Iterator[str]:
     """One PostgreSQL database for the session, dropped at its end."""
     yield from temporary_database()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    notifier = Notifier()
-    impl: Store
-    if request.param == "postgres":
-        dsn = await fresh_schema(request.getfixturevalue("pg_database"))
-        impl = PostgresStore(dsn, notifier, blob_dir=tmp_path / "blobs")
-    else:
-        impl = SqliteStore(tmp_path / "data", notifier)
-    await impl.open()
-    yield impl
-    await impl.close()
 
 
 def make_job(
