@@ -94,3 +94,31 @@ async def test_a_claim_that_was_cancelled_is_handed_nothing(store: Store) -> Non
     job, _ = await jobs.submit(Caller(), spec(), "", validate_only=False)
     assert job.state == S.JOB_STATE_PENDING
     assert agents.jobs_handed_off() == 0
+
+
+async def test_a_drain_in_the_same_batch_keeps_the_job_from_the_waiting_claim(
+    store: Store,
+) -> None:
+    """Each submit reads the agent in its own transaction: a drain committed before it (on
+    SQLite, an earlier body of the same group commit) counts, even when an earlier submit
+    (one the agent could not take) read the agent ACTIVE for the same waiting claim."""
+    agents, jobs = core(store)
+    agent = await agents.register("a1", {}, apb.Capacity(slots=4), ["default"])
+    claim = await waiting_claim(agents, agent.id)
+    picky = spec()
+    picky.node_selector["gpu"] = "yes"
+
+    async def submit(job_spec: job_pb2.JobSpec) -> job_pb2.Job:
+        job, _ = await jobs.submit(Caller(), job_spec, "", validate_only=False)
+        return job
+
+    first, drained, job = await asyncio.gather(
+        submit(picky), agents.drain(agent.id), submit(spec())
+    )
+    assert drained.state == apb.AGENT_STATE_DRAINING
+    assert (first.state, job.state) == (S.JOB_STATE_PENDING, S.JOB_STATE_PENDING)
+    assert agents.jobs_handed_off() == 0
+    assert not claim.done()  # a draining agent's claim takes nothing and waits out its wait
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim

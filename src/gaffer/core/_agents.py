@@ -340,28 +340,31 @@ class Agents:
         for offer in self._handoffs.candidates(job.spec.queue):
             if not offer.open or offer.given() >= offer.want:
                 continue
-            read_agent = offer.agent is None
-            if read_agent:
+            # Read in every transaction, not kept: a drain committed before this one counts.
+            stored_agent = await tx.get_agent(offer.agent_id)
+            draining = agent_pb2.AGENT_STATE_DRAINING
+            if stored_agent is None or stored_agent.agent.state == draining:
+                continue
+            agent = stored_agent.agent
+            if offer.room is None:  # what the agent holds: read once, then counted here
                 if offer.reader is not None:
-                    continue
+                    continue  # another transaction is reading it (PostgreSQL awaits reads)
                 offer.reader = tx
                 try:
-                    stored_agent = await tx.get_agent(offer.agent_id)
-                    draining = agent_pb2.AGENT_STATE_DRAINING
-                    if stored_agent is None or stored_agent.agent.state == draining:
-                        continue
-                    room, used = await _room(tx, offer.agent_id, stored_agent.agent)
+                    room, used = await _room(tx, offer.agent_id, agent)
                 finally:
                     offer.reader = None
-                if not offer.open:
+                if not offer.open or offer.room is not None:
                     continue
-                offer.agent, offer.room, offer.used = stored_agent, room, used
-            assert offer.agent is not None
-            agent = offer.agent.agent
+                offer.room, offer.used = room, used
+            if not offer.open or offer.given() >= offer.want:
+                continue  # closed or filled while this transaction read
             if offer.room <= 0 or not _fits(job, agent, offer.used):
                 continue
             expires = now + self._settings.lease_ttl
-            self._handoffs.hold(offer, tx).append((stored, expires))
+            jobs = self._handoffs.hold(offer, tx)
+            first = not jobs
+            jobs.append((stored, expires))
             offer.room -= 1
             add_resources(offer.used, job)
             event = _take(
@@ -369,8 +372,8 @@ class Agents:
             )
             await tx.update_job(stored)
             await record_events(tx, [(stored, event)])
-            if read_agent:
-                await _heard_from(tx, offer.agent, now)
+            if first:
+                await _heard_from(tx, stored_agent, now)
             return
 
     async def _candidates(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gaffer.store import StoredAgent, StoredJob, Transaction
+from gaffer.store import StoredJob, Transaction
 from gaffer.v1 import job_pb2
 
 Taken = tuple[StoredJob, float]  # a job, and when its lease ends
@@ -43,13 +43,12 @@ class Offer:
     holds: dict[Transaction, list[Taken]] = field(default_factory=dict)
     #: Jobs given by transactions that committed: the claim's answer.
     jobs: list[Taken] = field(default_factory=list)
-    #: The agent as the first holder read it, how many more jobs it may hold, and the
-    #: resources of those it holds (None: to be read by the next holder).
-    agent: StoredAgent | None = None
-    #: The transaction reading the agent meanwhile (PostgreSQL reads await): others pass.
-    reader: Transaction | None = None
-    room: int = 0
+    #: How many more jobs the agent may hold, and the resources of those it holds, as a
+    #: transaction read them, less what holders gave since (None: to be read).
+    room: int | None = None
     used: job_pb2.Resources = field(default_factory=job_pb2.Resources)
+    #: The transaction reading them meanwhile (PostgreSQL reads await): others pass.
+    reader: Transaction | None = None
     settled: asyncio.Future[None] | None = None
 
     def given(self) -> int:
@@ -115,14 +114,14 @@ class Handoffs:
             self.handed += len(jobs)
             if jobs:
                 self.close(offer)  # answered: the claim takes these and goes
-        else:
+        elif offer.room is not None:
             offer.room += len(jobs)
             for stored, _ in jobs:
                 remove_resources(offer.used, stored.job)
         if offer.holds:
             return
         if not offer.jobs:
-            offer.agent = None  # nothing given: the next holder reads the agent afresh
+            offer.room = None  # nothing given: the next holder reads the agent's room afresh
         if offer.settled is not None and not offer.settled.done():
             offer.settled.set_result(None)
 
