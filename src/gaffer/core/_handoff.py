@@ -12,8 +12,9 @@ average (median 0.10) in 12 more (lower in 8); the submit's answer came 0.21 ms 
 average (median 0.36): its commit carries the claim, and the agent starts beside it.
 
 A waiting claim opens an Offer. Transactions that give it jobs hold it until they settle
-(Transaction.when_settled): the jobs of those that committed are the claim's answer; those
-of the others go back to waiting, PENDING. Several may hold it at once: under load the
+(Transaction.when_settled): the jobs of those that committed are the claim's answer; a
+transaction that did not commit wrote nothing, and the claim waits on. Several may hold it
+at once: under load the
 submits of one group commit each give it a job, and the claim takes them all, as a claim
 of its own after that commit would. A claim does not leave while a transaction holds its
 offer, so a committed handoff reaches the claim that waited. Only if that call is gone
