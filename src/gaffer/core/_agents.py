@@ -338,7 +338,7 @@ class Agents:
         if stored.not_before > now:
             return
         for offer in self._handoffs.candidates(job.spec.queue):
-            if not offer.open or offer.given() >= offer.want:
+            if not offer.wants_more():
                 continue
             # Read in every transaction, not kept: a drain committed before this one counts.
             stored_agent = await tx.get_agent(offer.agent_id)
@@ -347,17 +347,10 @@ class Agents:
                 continue
             agent = stored_agent.agent
             if offer.room is None:  # what the agent holds: read once, then counted here
-                if offer.reader is not None:
-                    continue  # another transaction is reading it (PostgreSQL awaits reads)
-                offer.reader = tx
-                try:
-                    room, used = await _room(tx, offer.agent_id, agent)
-                finally:
-                    offer.reader = None
-                if not offer.open or offer.room is not None:
-                    continue
-                offer.room, offer.used = room, used
-            if not offer.open or offer.given() >= offer.want:
+                room, used = await _room(tx, offer.agent_id, agent)
+                if offer.room is None:  # (a PostgreSQL transaction may have read it meanwhile)
+                    offer.room, offer.used = room, used
+            if not offer.wants_more():
                 continue  # closed or filled while this transaction read
             if offer.room <= 0 or not _fits(job, agent, offer.used):
                 continue

@@ -48,12 +48,12 @@ class Offer:
     #: transaction read them, less what holders gave since (None: to be read).
     room: int | None = None
     used: job_pb2.Resources = field(default_factory=job_pb2.Resources)
-    #: The transaction reading them meanwhile (PostgreSQL reads await): others pass.
-    reader: Transaction | None = None
     settled: asyncio.Future[None] | None = None
 
-    def given(self) -> int:
-        return len(self.jobs) + sum(len(jobs) for jobs in self.holds.values())
+    def wants_more(self) -> bool:
+        """Open, and given fewer jobs than the claim asked for."""
+        given = len(self.jobs) + sum(len(jobs) for jobs in self.holds.values())
+        return self.open and given < self.want
 
 
 class Handoffs:
