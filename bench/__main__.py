@@ -44,6 +44,8 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("floor_stream_msgs_per_s", "msgs/s", "", None),
             ("floor_fanout_round_ms", "ms", "", None),
             ("floor_fanout_cpu_us_per_frame", "us", "", None),
+            ("floor_fanout_round_ms_32kb", "ms", "", None),
+            ("floor_fanout_cpu_us_per_frame_32kb", "us", "", None),
         ],
     ),
     (
@@ -112,6 +114,8 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("fanout_event_msgs_per_s", "msgs/s", "", None),
             ("fanout_jobs_seconds", "s", "", None),
             ("fanout_server_cpu_us_per_frame", "us", "", None),
+            ("fanout_events_per_frame", "events", "", None),
+            ("fanout_frame_kb", "KB", "", None),
         ],
     ),
     (

@@ -11,7 +11,8 @@ exactly the stored events, in order. The server's peak RSS is sampled from /proc
 ``fanout_jobs_seconds`` is the span, in the server's event times, from the first event to
 the last job's end: how long the jobs took while the server also fed the followers.
 ``fanout_server_cpu_us_per_frame`` is all of the server's CPU time over the frames it sent
-(the jobs' own work included), to set beside the floor's ``floor_fanout_cpu_us_per_frame``.
+(the jobs' own work included), to set beside the floor's ``floor_fanout_cpu_us_per_frame``;
+``fanout_events_per_frame`` and ``fanout_frame_kb`` say what one frame carried on average.
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
         )
         runs.setdefault("fanout_event_msgs_per_s", []).append(
             sum(r["events_received"] for r in results) / seconds
+        )
+        # What one send carried: a round costs more the bigger its frames (the floor's _32kb).
+        runs.setdefault("fanout_events_per_frame", []).append(
+            sum(r["events_received"] for r in results) / max(frames, 1)
+        )
+        runs.setdefault("fanout_frame_kb", []).append(
+            sum(r["bytes_received"] for r in results) / max(frames, 1) / 1024
         )
         details.append(
             {
@@ -277,6 +285,7 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
         "events_stored": len(truth),
         "events_received": sum(len(seqs) for seqs, _, _ in decoded),
         "frames_received": sum(len(s.frames) for s in streams),
+        "bytes_received": sum(len(raw) for s in streams for _, raw in s.frames),
         "seconds": seconds,
         "jobs_seconds": max((end - start for _, start, end in decoded if start), default=0.0),
         "delay_ms": {

@@ -4,10 +4,12 @@ and how fast it can send one frame to each of many streams (the fan-out's floor)
 The service (:mod:`bench.floor_server`) runs in its own process; the load runs in another
 (``python -m bench.floor load ...``), one channel, calls back to back. For the fan-out floor
 the load opens as many streams as the fan-out has followers, over a few channels, and the
-service sends rounds of one event-batch-sized frame to each, every round as soon as the last
-one is sent: ``floor_fanout_round_ms`` is the shortest time between two frames to every
-follower that a server doing nothing else achieves, and ``floor_fanout_cpu_us_per_frame`` the
-server's CPU per frame sent.
+service sends rounds of one frame to each, every round as soon as the last one is sent:
+``floor_fanout_round_ms`` is the shortest time between two frames to every follower that a
+server doing nothing else achieves, and ``floor_fanout_cpu_us_per_frame`` the server's CPU
+per frame sent. It runs with 2 KB frames, and again with 32 KB frames (the ``_32kb``
+figures): Gaffer's followers of all jobs get frames of that order under the fan-out's load
+(``fanout_frame_kb``), and a round costs more the more bytes each frame carries.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from bench.floor_server import BROADCAST, PING, STREAM
 NAME = "floor"
 #: Bytes per streamed message: about the size of a job event.
 STREAM_MESSAGE_BYTES = 100
-#: Bytes per fan-out frame: a batch of about 20 events (the cost is per message, not per byte).
-FANOUT_FRAME_BYTES = 2000
+#: Bytes per fan-out frame, and the suffix of its figures: a batch of about 20 events, and
+#: one about the size Gaffer's fan-out sends (a few hundred events).
+FANOUT_FRAMES = ((2000, ""), (32000, "_32kb"))
 FANOUT_ROUNDS = 40
 FANOUT_CHANNELS = 8
 
@@ -55,10 +58,16 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
         runs.setdefault("floor_stream_msgs_per_s", []).append(out["msgs_per_s"])
         cpu["stream"] = out["cpu"]
         followers = str(cfg.fanout_followers)
-        out = procs.load("floor", "fanout", target, "--streams", followers, *watch)
-        runs.setdefault("floor_fanout_round_ms", []).append(out["round_ms"])
-        runs.setdefault("floor_fanout_cpu_us_per_frame", []).append(out["cpu_us_per_frame"])
-        cpu["fanout"] = out["cpu"]
+        for size, suffix in FANOUT_FRAMES:
+            out = procs.load(
+                "floor", "fanout", target, "--streams", followers, "--frame-bytes", str(size),
+                *watch,
+            )  # fmt: skip
+            runs.setdefault(f"floor_fanout_round_ms{suffix}", []).append(out["round_ms"])
+            runs.setdefault(f"floor_fanout_cpu_us_per_frame{suffix}", []).append(
+                out["cpu_us_per_frame"]
+            )
+            cpu[f"fanout{suffix}"] = out["cpu"]
     procs.stop(server)
     return {"figures": {k: summary(v) for k, v in runs.items()}, "cpu": cpu}
 
@@ -104,7 +113,7 @@ async def _fanout(args: argparse.Namespace) -> dict[str, Any]:
     """``--streams`` streams get rounds of one frame each; the time per round from the first
     round's first frame to the last round's last, and the server's CPU per frame meanwhile."""
     channels = [channel(args.target) for _ in range(FANOUT_CHANNELS)]
-    request = f"{args.streams} {FANOUT_ROUNDS} {FANOUT_FRAME_BYTES}".encode()
+    request = f"{args.streams} {FANOUT_ROUNDS} {args.frame_bytes}".encode()
     window: list[Any] = []  # [first arrival, CpuWindow]
     last = 0.0
 
@@ -137,6 +146,7 @@ def main() -> None:
     parser.add_argument("what", choices=["unary", "stream", "fanout"])
     parser.add_argument("target")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--frame-bytes", type=int, default=FANOUT_FRAMES[0][0])
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--streams", type=int, default=1000)
