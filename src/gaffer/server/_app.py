@@ -191,11 +191,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         "Jobs claimed for a waiting claim by the transaction that submitted them.",
         agents.jobs_handed_off,
     )
-    server = grpc.aio.server(
-        options=grpc_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
-    )
-    registry = GuardedRegistry(server, Guard(metrics))
+    server = grpc.aio.server(options=grpc_options(config))
+    registry = GuardedRegistry(server, Guard(metrics, config.max_concurrent_rpcs))
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(jobs, config.limits, settings.keepalive_default), registry
     )

@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from gaffer.domain import InvalidArgument
+from gaffer.domain import InvalidArgument, ResourceExhausted
 from gaffer.server._errors import abort
 from gaffer.server._metrics import Metrics
 
@@ -100,11 +100,17 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 class Guard:
     """Wraps method handlers: undecodable requests become INVALID_ARGUMENT, any error the
-    method lets out goes through the error table, and ``metrics`` counts calls and open
-    streams."""
+    method lets out goes through the error table, ``metrics`` counts calls and open streams,
+    and a call past ``max_calls`` in flight (0: no limit) is refused with RESOURCE_EXHAUSTED.
 
-    def __init__(self, metrics: Metrics) -> None:
+    The limit is kept here rather than by grpc.aio's ``maximum_concurrent_rpcs``: in grpcio
+    1.78, which `make install` pins (README, "The gRPC version"), that one stops holding once
+    it has refused calls (grpc/grpc#41531).
+    """
+
+    def __init__(self, metrics: Metrics, max_calls: int = 0) -> None:
         self._metrics = metrics
+        self._max_calls = max_calls
 
     def wrap(self, handler: Any, method: str) -> Any:
         changes: dict[str, Any] = {
@@ -123,6 +129,14 @@ class Guard:
             )
         return handler._replace(**changes)
 
+    def _refusal(self) -> ResourceExhausted | None:
+        """Why a new call is refused now, if it is: the limit of calls in flight is reached."""
+        if not self._max_calls or self._metrics.rpcs_in_flight < self._max_calls:
+            return None
+        return ResourceExhausted(
+            f"the server is at its limit of {self._max_calls} calls at once; retry later"
+        )
+
     def _started(self, method: str, stream: bool) -> None:
         metrics = self._metrics
         metrics.calls[method] = metrics.calls.get(method, 0) + 1
@@ -139,6 +153,9 @@ class Guard:
         """Methods that return their answer (or, for a stream, write it with context.write)."""
 
         async def call(request: Any, context: Ctx) -> Any:
+            refusal = self._refusal()
+            if refusal is not None:
+                await abort(context, refusal)
             self._started(method, stream)
             try:
                 return await behavior(_decoded(request, streaming_in), context)
@@ -162,6 +179,9 @@ class Guard:
             # Each yield waits until grpc has sent the message, which HTTP/2 flow control holds
             # back while the reader is slow: a stream buffers at most one batch of its own, and
             # the transport at most the reader's window (tests/e2e/test_bounded_slow_reader.py).
+            refusal = self._refusal()
+            if refusal is not None:
+                await abort(context, refusal)
             self._started(method, stream=True)
             try:
                 items_of = behavior(_decoded(request, streaming_in), context)

@@ -163,7 +163,7 @@ class HeartbeatResponse(_message.Message):
     lost: _containers.RepeatedCompositeFieldContainer[AttemptRef]
     lease_expire_time: _timestamp_pb2.Timestamp
     draining: bool
-    def __init__(self, cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    def __init__(self, cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: bool = ...) -> None: ...
 
 class UpdateJobStatusRequest(_message.Message):
     __slots__ = ("job_id", "attempt", "lease_token", "state", "message", "reject", "validate_time", "start_time")
@@ -183,7 +183,7 @@ class UpdateJobStatusRequest(_message.Message):
     reject: bool
     validate_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., message: _Optional[str] = ..., reject: _Optional[bool] = ..., validate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., message: _Optional[str] = ..., reject: bool = ..., validate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UpdateJobStatusResponse(_message.Message):
     __slots__ = ("job",)
@@ -267,7 +267,7 @@ class CompleteJobRequest(_message.Message):
     result_json: str
     start_time: _timestamp_pb2.Timestamp
     validate_time: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: _Optional[bool] = ..., result_json: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., not_retryable: bool = ..., result_json: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompleteJobResponse(_message.Message):
     __slots__ = ("accepted", "job")
@@ -275,7 +275,7 @@ class CompleteJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     job: _job_pb2.Job
-    def __init__(self, accepted: _Optional[bool] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+    def __init__(self, accepted: bool = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class CompleteJobsRequest(_message.Message):
     __slots__ = ("outcomes",)

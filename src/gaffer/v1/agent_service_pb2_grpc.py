@@ -5,7 +5,7 @@ import warnings
 
 from gaffer.v1 import agent_service_pb2 as gaffer_dot_v1_dot_agent__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class AgentServiceStub:
+class AgentServiceStub(object):
     """What agents call: register, claim, report, finish.
     Every write about a job names its job, attempt and lease token; a write from an attempt that
     is no longer current is refused with FAILED_PRECONDITION and changes nothing.
@@ -99,7 +99,7 @@ class AgentServiceStub:
                 _registered_method=True)
 
 
-class AgentServiceServicer:
+class AgentServiceServicer(object):
     """What agents call: register, claim, report, finish.
     Every write about a job names its job, attempt and lease token; a write from an attempt that
     is no longer current is refused with FAILED_PRECONDITION and changes nothing.
@@ -268,7 +268,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class AgentService:
+class AgentService(object):
     """What agents call: register, claim, report, finish.
     Every write about a job names its job, attempt and lease token; a write from an attempt that
     is no longer current is refused with FAILED_PRECONDITION and changes nothing.

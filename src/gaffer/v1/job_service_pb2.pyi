@@ -29,7 +29,7 @@ class SubmitJobRequest(_message.Message):
     spec: _job_pb2.JobSpec
     request_id: str
     validate_only: bool
-    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: bool = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job", "existing")
@@ -37,7 +37,7 @@ class SubmitJobResponse(_message.Message):
     EXISTING_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     existing: bool
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., existing: bool = ...) -> None: ...
 
 class SubmitJobsRequest(_message.Message):
     __slots__ = ("jobs", "validate_only")
@@ -45,7 +45,7 @@ class SubmitJobsRequest(_message.Message):
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[SubmitJobRequest]
     validate_only: bool
-    def __init__(self, jobs: _Optional[_Iterable[_Union[SubmitJobRequest, _Mapping]]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SubmitJobRequest, _Mapping]]] = ..., validate_only: bool = ...) -> None: ...
 
 class SubmitJobsResponse(_message.Message):
     __slots__ = ("results",)
@@ -143,7 +143,7 @@ class WaitJobResponse(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     finished: bool
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., finished: _Optional[bool] = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., finished: bool = ...) -> None: ...
 
 class StreamJobEventsRequest(_message.Message):
     __slots__ = ("job_id", "filter", "after_sequence", "from_now", "keepalive_interval", "history_only", "batch")
@@ -161,7 +161,7 @@ class StreamJobEventsRequest(_message.Message):
     keepalive_interval: _duration_pb2.Duration
     history_only: bool
     batch: bool
-    def __init__(self, job_id: _Optional[str] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., from_now: _Optional[bool] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., history_only: _Optional[bool] = ..., batch: _Optional[bool] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., filter: _Optional[_Union[JobFilter, _Mapping]] = ..., after_sequence: _Optional[int] = ..., from_now: bool = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., history_only: bool = ..., batch: bool = ...) -> None: ...
 
 class StreamJobEventsResponse(_message.Message):
     __slots__ = ("event", "keepalive", "batch")
@@ -199,7 +199,7 @@ class StreamLogsRequest(_message.Message):
     streams: _containers.RepeatedScalarFieldContainer[_job_pb2.LogStream]
     keepalive_interval: _duration_pb2.Duration
     resume_attempt: int
-    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ..., attempt: _Optional[int] = ..., stdout_offset: _Optional[int] = ..., stderr_offset: _Optional[int] = ..., tail_lines: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[_job_pb2.LogStream, str]]] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_attempt: _Optional[int] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., follow: bool = ..., attempt: _Optional[int] = ..., stdout_offset: _Optional[int] = ..., stderr_offset: _Optional[int] = ..., tail_lines: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[_job_pb2.LogStream, str]]] = ..., keepalive_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resume_attempt: _Optional[int] = ...) -> None: ...
 
 class LogEnd(_message.Message):
     __slots__ = ("state", "exit_code", "message", "attempt", "stdout_size", "stderr_size")

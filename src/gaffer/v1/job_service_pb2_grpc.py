@@ -5,7 +5,7 @@ import warnings
 
 from gaffer.v1 import job_service_pb2 as gaffer_dot_v1_dot_job__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class JobServiceStub:
+class JobServiceStub(object):
     """What clients call: submit, inspect, follow and cancel jobs.
     """
 
@@ -87,7 +87,7 @@ class JobServiceStub:
                 _registered_method=True)
 
 
-class JobServiceServicer:
+class JobServiceServicer(object):
     """What clients call: submit, inspect, follow and cancel jobs.
     """
 
@@ -223,7 +223,7 @@ def add_JobServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class JobService:
+class JobService(object):
     """What clients call: submit, inspect, follow and cancel jobs.
     """
 
