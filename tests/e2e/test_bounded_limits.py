@@ -66,6 +66,9 @@ def test_calls_past_the_concurrency_limit_get_resource_exhausted_then_it_recover
         # Any other call is refused too while the limit is reached...
         got = failure(lambda: api.jobs.GetJob(jpb.GetJobRequest(job_id=job.id), timeout=5))
         assert got.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        stream = jpb.StreamJobEventsRequest(job_id=job.id)
+        got = failure(lambda: api.jobs.StreamJobEvents(stream, timeout=5))
+        assert got.code == grpc.StatusCode.RESOURCE_EXHAUSTED, got
         held = [c for c in calls if not c.done()]
         assert len(held) == LIMIT
     finally:
