@@ -129,13 +129,15 @@ class Guard:
             )
         return handler._replace(**changes)
 
-    def _refusal(self) -> ResourceExhausted | None:
-        """Why a new call is refused now, if it is: the limit of calls in flight is reached."""
-        if not self._max_calls or self._metrics.rpcs_in_flight < self._max_calls:
-            return None
-        return ResourceExhausted(
-            f"the server is at its limit of {self._max_calls} calls at once; retry later"
-        )
+    async def _admit(self, context: Ctx) -> None:
+        """Ends the call with RESOURCE_EXHAUSTED when the limit of calls in flight is reached."""
+        if self._max_calls and self._metrics.rpcs_in_flight >= self._max_calls:
+            await abort(
+                context,
+                ResourceExhausted(
+                    f"the server is at its limit of {self._max_calls} calls at once; retry later"
+                ),
+            )
 
     def _started(self, method: str, stream: bool) -> None:
         metrics = self._metrics
@@ -153,9 +155,7 @@ class Guard:
         """Methods that return their answer (or, for a stream, write it with context.write)."""
 
         async def call(request: Any, context: Ctx) -> Any:
-            refusal = self._refusal()
-            if refusal is not None:
-                await abort(context, refusal)
+            await self._admit(context)
             self._started(method, stream)
             try:
                 return await behavior(_decoded(request, streaming_in), context)
@@ -179,9 +179,7 @@ class Guard:
             # Each yield waits until grpc has sent the message, which HTTP/2 flow control holds
             # back while the reader is slow: a stream buffers at most one batch of its own, and
             # the transport at most the reader's window (tests/e2e/test_bounded_slow_reader.py).
-            refusal = self._refusal()
-            if refusal is not None:
-                await abort(context, refusal)
+            await self._admit(context)
             self._started(method, stream=True)
             try:
                 items_of = behavior(_decoded(request, streaming_in), context)
