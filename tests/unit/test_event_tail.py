@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.core import Caller, CoreSettings, Jobs, TailSlice
-from gaffer.core._event_tail import _SEND_COST, EventTail
+from gaffer.core._event_tail import _GROUPS, _SEND_COST, EventTail
 from gaffer.store import BlobStore, Notifier, SqliteStore
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
@@ -102,11 +102,10 @@ async def test_with_many_followers_wake_ups_are_spaced_out(store: SqliteStore) -
     await tail.ready()
     loop = asyncio.get_running_loop()
     with contextlib.ExitStack() as followers:
-        for _ in range(1000):  # paced at 1000 x _SEND_COST between wake-ups
-            followers.enter_context(tail.following())
-        woken: list[float] = []
+        groups = [followers.enter_context(tail.following()) for _ in range(1000)]
+        woken: list[float] = []  # paced at 1000 x _SEND_COST between wake-ups
         for i in range(3):
-            change = tail.change()
+            change = tail.change(groups[0])
             await append(store, "a", f"e{i}")
             await change.wait()
             woken.append(loop.time())
@@ -140,13 +139,55 @@ async def test_a_caught_up_follower_sends_what_came_during_its_send_at_the_next_
         # The stream is "sending" e1; e2 is committed and read meanwhile.
         await append(store, tenant, "e2")
         await wait_until_async(lambda: held(jobs._tail, 2), what="the tail to read e2")
-        wake = jobs._tail.change()
-        assert not wake.is_set(), "the next wake-up came already: the machine is too slow"
+        wakes = [jobs._tail.change(group) for group in range(_GROUPS)]
+        assert not any(w.is_set() for w in wakes), "the next wake-up came already: too slow"
         got = await asyncio.wait_for(anext(stream), 10)
         assert isinstance(got, TailSlice) and got.last == 2
-        assert wake.is_set()  # sent at the wake-up, not before it
+        assert any(w.is_set() for w in wakes)  # sent at the wake-up, not before it
     await stream.aclose()
     await jobs.close()
+
+
+async def test_followers_are_woken_a_group_per_turn_of_the_loop(store: SqliteStore) -> None:
+    """What else waits on the loop runs between groups: the first group's follower resumes
+    before the later groups are woken."""
+    tail = EventTail(store, store._notifier, recheck=0.05)
+    await tail.ready()
+    with contextlib.ExitStack() as followers:
+        groups = sorted({followers.enter_context(tail.following()) for _ in range(4 * _GROUPS)})
+        assert groups == list(range(_GROUPS))  # spread evenly
+        changes = [tail.change(group) for group in groups]
+
+        async def first_group() -> list[bool]:
+            await changes[0].wait()
+            return [change.is_set() for change in changes]
+
+        seen_by_first = asyncio.ensure_future(first_group())
+        await append(store, "a", "e1")
+        assert (await asyncio.wait_for(seen_by_first, 10))[-1] is False
+        await asyncio.wait_for(changes[-1].wait(), 10)  # the last group's turn comes
+    await tail.close()
+
+
+async def test_a_wake_up_asked_for_while_groups_are_woken_comes_after_them(
+    store: SqliteStore,
+) -> None:
+    """Events read while the groups are being woken are not left to the next append: the
+    groups already woken would not hear of them."""
+    tail = EventTail(store, store._notifier, recheck=0.05)
+    await tail.ready()
+    with contextlib.ExitStack() as followers:
+        group = followers.enter_context(tail.following())
+        for _ in range(_GROUPS):
+            followers.enter_context(tail.following())
+        first = tail.change(group)
+        await append(store, "a", "e1")
+        await asyncio.wait_for(first.wait(), 10)
+        assert tail._cascade is not None, "the groups were all woken already"
+        again = tail.change(group)
+        tail._appended_events()  # as the tail does when it reads e2 now
+        await asyncio.wait_for(again.wait(), 10)
+    await tail.close()
 
 
 async def _following(jobs: Jobs) -> bool:

@@ -26,12 +26,16 @@ log = logging.getLogger(__name__)
 _READ_BATCH = 1000
 # The loop time a wake-up may take per follower, and the longest pause between wake-ups
 # however many follow (see EventTail._appended_events). `bench --only fanout` (1,000
-# followers, 1,000 jobs), the events' delay p99 and the jobs' span, run by run: 200 us
-# 263/244 ms, 1.59/1.75 s; 150 us 213/203 ms, 1.88/1.80 s; 120 us 192/179/187 ms,
-# 1.68/2.01/1.82 s; 100 us 159/160/154 ms, 1.89/2.01/2.73 s; 70 us 131 ms, 4.4 s (the loop
-# saturated). 120 us leaves a margin to that edge on a slower run.
-_SEND_COST = 120e-6
+# followers, 1,000 jobs), the events' delay p99 and the jobs' span, run by run, with the
+# followers woken in _GROUPS: 80 us 138/119 ms, 1.37/1.45 s; 60 us 87/81/80/111/86 ms,
+# 1.5-1.9 s; 50 us 85/86 ms, 2.45/2.12 s; 45 us 69/80/68 ms, 2.29/1.92/2.34 s; 40 us
+# 69/66/75/77 ms, 2.5-2.9 s. All woken at once instead, 120 us gave 190-310 ms (1.0-1.3 s)
+# and 60 us 147 ms (11.9 s): each wake-up then held back the jobs' calls for a whole round.
+_SEND_COST = 45e-6
 _MAX_PACE = 0.5
+# Followers are woken one group per turn of the loop, so that what else waits on the loop
+# (commits, the tail's reads, the jobs' calls) runs between groups, not after all of them.
+_GROUPS = 16
 # Wire tags (field number << 3 | length-delimited): StreamJobEventsResponse.event and
 # JobEventBatch.events are both field 1, StreamJobEventsResponse.batch is field 3.
 _EVENT_TAG = b"\x0a"
@@ -85,7 +89,10 @@ class EventTail:
         self._slices: dict[tuple[str, int, int], TailSlice] = {}
         #: Every event with a sequence above this is held (or not yet read).
         self.floor = 0
-        self._appended = asyncio.Event()
+        self._groups = [asyncio.Event() for _ in range(_GROUPS)]
+        self._members = [0] * _GROUPS
+        self._cascade: int | None = None  # the next group to wake, while waking
+        self._wake_again = False  # events came during a cascade
         self._task: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
         self._closed = False
@@ -136,20 +143,25 @@ class EventTail:
         found = self._slices[key] = TailSlice(frames, last)
         return found
 
-    def change(self) -> asyncio.Event:
-        """Set when events are appended (take it before looking, then wait on it)."""
+    def change(self, group: int) -> asyncio.Event:
+        """Set when events are appended, for the followers of ``group`` (from ``following``;
+        take it before looking, then wait on it)."""
         if self._closed:
             raise StoreUnavailable("the server is shutting down; resume from your cursor")
-        return self._appended
+        return self._groups[group]
 
     @contextlib.contextmanager
-    def following(self) -> Iterator[None]:
-        """Counts a follower while inside (the pace of wake-ups depends on how many)."""
+    def following(self) -> Iterator[int]:
+        """Counts a follower while inside (the pace of wake-ups depends on how many); gives
+        the group whose ``change`` it waits on."""
+        group = min(range(_GROUPS), key=self._members.__getitem__)
         self.followers += 1
+        self._members[group] += 1
         try:
-            yield
+            yield group
         finally:
             self.followers -= 1
+            self._members[group] -= 1
 
     def _appended_events(self) -> None:
         """Wakes the followers, no more often than the server can serve them and do the rest.
@@ -163,8 +175,14 @@ class EventTail:
         each follower sent again as soon as its last send was done, 1,000 jobs took 57 s.
         How long to leave per follower depends on what else costs the loop: with the
         server of an earlier day, 100 us took nearly all of its CPU (1,000 jobs took
-        16-37 s); today's figures are at _SEND_COST. A few followers are woken at once.
+        16-37 s); today's figures are at _SEND_COST.
+
+        A wake-up goes through the groups one turn of the loop each (see _GROUPS); events
+        that come meanwhile wait for the next wake-up, as the groups already woken need it.
         """
+        if self._cascade is not None:
+            self._wake_again = True
+            return
         if self._pending_wake is not None:
             return
         loop = asyncio.get_running_loop()
@@ -177,8 +195,31 @@ class EventTail:
     def _wake_followers(self) -> None:
         self._pending_wake = None
         self._last_wake = asyncio.get_running_loop().time()
-        appended, self._appended = self._appended, asyncio.Event()
-        appended.set()
+        if self._closed:
+            for group in range(_GROUPS):
+                self._wake(group)
+        elif self._cascade is None:
+            self._cascade = 0
+            self._wake_next_group()
+
+    def _wake_next_group(self) -> None:
+        assert self._cascade is not None
+        group = self._cascade
+        while group < _GROUPS and not self._members[group]:
+            group += 1
+        if group < _GROUPS:
+            self._wake(group)
+            self._cascade = group + 1
+            asyncio.get_running_loop().call_soon(self._wake_next_group)
+            return
+        self._cascade = None
+        if self._wake_again:
+            self._wake_again = False
+            self._appended_events()
+
+    def _wake(self, group: int) -> None:
+        event, self._groups[group] = self._groups[group], asyncio.Event()
+        event.set()
 
     async def _run(self) -> None:
         assert self._started is not None

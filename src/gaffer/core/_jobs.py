@@ -366,8 +366,9 @@ class Jobs:
         states = frozenset(query.states) if query is not None else frozenset()
         job_query = replace(query, states=()) if query is not None and states else query
         topic = job_topic(job_id) if job_id else EVENTS_TOPIC
-        following = self._tail.following() if shared else contextlib.nullcontext()
-        with _StoreWakeups(self._notifier, topic, at_once=not shared) as wakeups, following:
+        following = self._tail.following() if shared else contextlib.nullcontext(0)
+        wakeups = _StoreWakeups(self._notifier, topic, at_once=not shared)
+        with wakeups, following as group:
             if job_id:
                 await self._get(caller, job_id)
             if shared:
@@ -386,7 +387,7 @@ class Jobs:
             while True:
                 if shared and self._tail.covers(after_sequence):
                     wakeups.drop()
-                    change = self._tail.change()
+                    change = self._tail.change(group)
                     live = self._tail.since(caller.tenant, after_sequence, _EVENT_BATCH)
                     if live is not None:
                         after_sequence = live.last
