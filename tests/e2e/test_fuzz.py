@@ -249,10 +249,16 @@ def call(channel: grpc.Channel, method: MethodDescriptor, payload: list[bytes]) 
     """Sends the raw request(s); the call's final status (reading a few frames of a stream)."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     try:
-        if method.client_streaming:
+        if method.client_streaming and not method.server_streaming:
             channel.stream_unary(path)(iter(payload), timeout=CALL_DEADLINE)
         elif method.server_streaming:
-            stream = channel.unary_stream(path)(payload[0], timeout=CALL_DEADLINE)
+            # A bidi method (Session) as a stream, not stream_unary: grpcio's blocking
+            # stream_unary call then hung past its deadline on the second answer.
+            stream = (
+                channel.stream_stream(path)(iter(payload), timeout=CALL_DEADLINE)
+                if method.client_streaming
+                else channel.unary_stream(path)(payload[0], timeout=CALL_DEADLINE)
+            )
             for i, _ in enumerate(stream):
                 if i + 1 >= STREAM_FRAMES:
                     stream.cancel()
