@@ -1,28 +1,36 @@
-"""fsync of one file in a thread of its own, for the group committer.
+"""fsync of one file in a helper process, for the group committer.
 
-A thread-pool hop per sync (``asyncio.to_thread``) copies the context, goes through the
-executor's queue and chains two futures; on a small machine that cost the loop more than
-the fsync itself. One long-lived thread that waits on a queue, keeps the file open and hands
-back the result with one ``call_soon_threadsafe`` (straight to the group committer's
-callback, no future or task between) does the same work for less.
+A thread of the server's own needs the GIL to wake up, and again after its fsync: it
+waited for the loop to let go (0.6 ms after the commit, one job at a time) and then took
+the GIL from it in the middle of the next call's work. A helper process (_fsync_helper.py)
+has a GIL of its own: the loop writes one byte to it per sync and reads the answer when
+its pipe is readable, as any other I/O. Measured against the thread, alternating runs:
+acknowledged submits at 64 in flight 5,253-5,360/s against 4,505-4,710/s; one job at a
+time, the submit's answer 1.68-1.73 ms against 2.27-2.39 ms after the submit.
 
 A failed fsync is final: Linux may drop the pages it could not write and report the next
 fsync as a success, so every later sync fails too (as PostgreSQL panics), until the store is
 opened again. Failing to open the file is not: nothing was lost, the next sync tries again.
+Nor is a helper that died: the syncs it owed fail, and the next sync starts another (an
+fsync covers what any process wrote to the file).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
-import queue
-import threading
+import subprocess
+import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from gaffer.store import _fsync_helper
+
 OnDone = Callable[[BaseException | None], None]
-_STOP = None
+_HELPER = Path(_fsync_helper.__file__)
 
 
 class FileSyncer:
@@ -30,62 +38,149 @@ class FileSyncer:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._fd: int | None = None
         self._failed: OSError | None = None
         self._closed = False
-        self._requests: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, OnDone] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
+        self._helper: _Helper | None = None
+
+    def open(self) -> None:
+        """Starts the helper now rather than at the first sync (which would wait for it).
+
+        Raises:
+            RuntimeError: the helper cannot start.
+        """
+        self._running_helper()
 
     def start(self, on_done: OnDone) -> None:
         """Starts an fsync covering everything written to the file so far; ``on_done`` is
         called on the running loop with None, or with the error.
 
         Raises:
-            RuntimeError: the syncer is closed, or its thread cannot start.
+            RuntimeError: the syncer is closed, or its helper cannot start.
         """
         if self._closed:
             raise RuntimeError("the WAL syncer is closed")
-        if self._thread is None or not self._thread.is_alive():
-            thread = threading.Thread(target=self._run, name="gaffer-fsync", daemon=True)
-            thread.start()  # raises before anything is queued for a thread that is not there
-            self._thread = thread
-        self._requests.put((asyncio.get_running_loop(), on_done))
+        if self._failed is not None:
+            asyncio.get_running_loop().call_soon(on_done, self._failed)
+            return
+        self._running_helper().ask(on_done)
 
     def close(self) -> None:
-        """Stops the thread once the syncs asked for are done, and closes the file."""
+        """Stops the helper once the syncs asked for are done (their answers are queued on
+        the loop)."""
         self._closed = True
-        if self._thread is not None:
-            self._requests.put(_STOP)
-            self._thread.join()
-            self._thread = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.close()
 
-    def _run(self) -> None:
-        while (request := self._requests.get()) is not _STOP:
-            loop, on_done = request
-            error: BaseException | None
-            try:
-                error = self._sync()
-            except BaseException as exc:  # whatever happens, the caller gets an answer
-                error = exc
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(on_done, error)
+    def _running_helper(self) -> _Helper:
+        if self._helper is None or self._helper.ended:
+            self._helper = _Helper(self._path, self._answer)
+        return self._helper
 
-    def _sync(self) -> OSError | None:
+    def _answer(self, kind: int, code: int) -> BaseException | None:
+        """The error a helper's answer means for its caller (the first failed fsync's, ever
+        after it)."""
         if self._failed is not None:
             return self._failed
+        if kind == _fsync_helper.OK:
+            return None
+        error = OSError(code, f"{os.strerror(code)}: fsync of {self._path}")
+        if kind == _fsync_helper.SYNC_FAILED:
+            self._failed = error
+        return error
+
+
+class _Helper:
+    """One helper process, and the callers waiting for its answers, in order."""
+
+    def __init__(self, path: Path, answer: Callable[[int, int], BaseException | None]) -> None:
+        self._answer = answer
+        self._loop = asyncio.get_running_loop()
+        self._waiting: deque[OnDone] = deque()
+        self._partial = b""
+        self.ended = False
         try:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDONLY)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_HELPER), str(path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
         except OSError as exc:
-            return exc
+            raise RuntimeError(f"cannot start the fsync helper: {exc}") from exc
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._asks = self._proc.stdin.fileno()
+        self._answers = self._proc.stdout.fileno()
+        os.set_blocking(self._answers, False)
+        self._loop.add_reader(self._answers, self._read)
+
+    def ask(self, on_done: OnDone) -> None:
         try:
-            os.fsync(self._fd)
-        except OSError as exc:
-            self._failed = exc
-            return exc
-        return None
+            os.write(self._asks, b"s")
+        except OSError as exc:  # it died: fail what it owes; the next sync starts another
+            self._end()
+            raise RuntimeError(f"the fsync helper stopped: {exc}") from exc
+        self._waiting.append(on_done)
+
+    def _read(self) -> None:
+        try:
+            got = os.read(self._answers, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            got = b""
+        if not got:
+            self._end()
+            return
+        self._settle(got, self._call)
+
+    def _settle(self, got: bytes, call: Callable[[OnDone, BaseException | None], None]) -> None:
+        data = self._partial + got
+        whole = len(data) - len(data) % 2
+        self._partial = data[whole:]
+        for i in range(0, whole, 2):
+            on_done = self._waiting.popleft()
+            call(on_done, self._answer(data[i], data[i + 1]))
+
+    @staticmethod
+    def _call(on_done: OnDone, error: BaseException | None) -> None:
+        on_done(error)
+
+    def _queue(self, on_done: OnDone, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon(on_done, error)
+
+    def _end(self) -> None:
+        """The helper is gone: what it owed fails (not for good: the next sync retries)."""
+        if self.ended:
+            return
+        self.ended = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._answers)
+        lost = OSError(errno.EPIPE, "the fsync helper stopped before answering")
+        while self._waiting:
+            self._queue(self._waiting.popleft(), lost)
+        self._reap()
+
+    def close(self) -> None:
+        """Lets the helper finish the syncs asked for, and hands their answers to the loop."""
+        if self.ended:
+            return
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._answers)
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        os.set_blocking(self._answers, True)
+        with contextlib.suppress(OSError):
+            while got := os.read(self._answers, 65536):
+                self._settle(got, self._queue)
+        self._end()
+
+    def _reap(self) -> None:
+        for stream in (self._proc.stdin, self._proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

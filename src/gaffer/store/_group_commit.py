@@ -5,7 +5,7 @@ statement on a warm page cache costs microseconds; a hop to a worker thread and 
 more than the statement). Bodies run one at a time, each in its own SAVEPOINT (a body that
 fails rolls back only its own work). Every body that finishes in the same turn of the loop
 joins the open batch; the batch commits at the next turn. A durable caller also waits for the
-fsync that covers its commit; fsyncs run off the loop (SQLite: a thread of its own), and
+fsync that covers its commit; fsyncs run off the loop (SQLite: in a helper process), and
 commits made while one runs share the next. An idle store commits each transaction on its
 own, at the next turn.
 

@@ -3,7 +3,7 @@
 Statements run synchronously on the loop: on a warm page cache one costs a few microseconds,
 less than a hop to a worker thread and back. Write transactions run one after another on the
 writer connection, grouped by a GroupCommitter so that concurrent ones share a
-``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a thread of its own. New jobs
+``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync, which runs in a helper process. New jobs
 (and their first events) are inserted in bulk just before the COMMIT rather than one by one
 in their bodies: two statements per batch instead of two per submit.
 Point reads use a second connection and never wait for writers (WAL); reads that may scan
@@ -379,6 +379,11 @@ class SqliteStore(Store):
         # syncs the WAL once for the batches committed while the previous sync ran.
         if self._synchronous.upper() not in ("FULL", "EXTRA"):
             self._wal_syncer = FileSyncer(self._data_dir / "gaffer.db-wal")
+            try:
+                self._wal_syncer.open()
+            except RuntimeError as exc:
+                await self.close()
+                raise _unavailable(exc) from exc
         sync = self._wal_syncer.start if self._wal_syncer is not None else None
         writer = self._writer
         self._committer = GroupCommitter(
