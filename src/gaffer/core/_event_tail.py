@@ -166,16 +166,15 @@ class EventTail:
     def _appended_events(self) -> None:
         """Wakes the followers, no more often than the server can serve them and do the rest.
 
-        A wake-up costs every follower one message (about ``_SEND_COST`` of the loop each),
-        so with many followers they are woken at most every ``followers x _SEND_COST``
-        seconds: events that arrive meanwhile go out together (a follower that is caught up
-        sends again only at the next wake-up, see Jobs.events), and the sends take about half
-        of the loop, leaving the rest to submits and agents. Measured here with 1,000
-        followers: woken at every event, a submit took 60 ms and submits ran at 21/s; when
-        each follower sent again as soon as its last send was done, 1,000 jobs took 57 s.
-        How long to leave per follower depends on what else costs the loop: with the
-        server of an earlier day, 100 us took nearly all of its CPU (1,000 jobs took
-        16-37 s); today's figures are at _SEND_COST.
+        A wake-up costs every follower one message (16-35 us of the loop each in the bench's
+        floor, by frame size), so with many followers they are woken at most every
+        ``followers x _SEND_COST`` seconds: events that arrive meanwhile go out together (a
+        follower that is caught up sends again only at the next wake-up, see Jobs.events),
+        and the loop keeps time for submits and agents between wake-ups. Measured here with
+        1,000 followers: woken at every event, a submit took 60 ms and submits ran at 21/s;
+        when each follower sent again as soon as its last send was done, 1,000 jobs took
+        57 s. How long to leave per follower depends on what else costs the loop; today's
+        figures are beside _SEND_COST.
 
         A wake-up goes through the groups one turn of the loop each (see _GROUPS); events
         that come meanwhile wait for the next wake-up, as the groups already woken need it.
