@@ -5,8 +5,8 @@ waited for the loop to let go (0.6 ms after the commit, one job at a time) and t
 the GIL from it in the middle of the next call's work. A helper process (_fsync_helper.py)
 has a GIL of its own: the loop writes one byte to it per sync and reads the answer when
 its pipe is readable, as any other I/O. Measured against the thread, alternating runs:
-acknowledged submits at 64 in flight 5,253-5,360/s against 4,505-4,710/s; one job at a
-time, the submit's answer 1.68-1.73 ms against 2.27-2.39 ms after the submit.
+acknowledged submits at 64 in flight 5,140-5,200/s against 4,390-4,590/s; one job at a
+time, the submit's answer 1.71-1.84 ms against 2.30-2.39 ms after the submit.
 
 A failed fsync is final: Linux may drop the pages it could not write and report the next
 fsync as a success, so every later sync fails too (as PostgreSQL panics), until the store is
