@@ -96,7 +96,6 @@ class EventTail:
         self._task: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
         self._closed = False
-        self.followers = 0
         self._last_wake = 0.0
         self._pending_wake: asyncio.TimerHandle | None = None
 
@@ -150,17 +149,19 @@ class EventTail:
             raise StoreUnavailable("the server is shutting down; resume from your cursor")
         return self._groups[group]
 
+    @property
+    def followers(self) -> int:
+        return sum(self._members)
+
     @contextlib.contextmanager
     def following(self) -> Iterator[int]:
         """Counts a follower while inside (the pace of wake-ups depends on how many); gives
         the group whose ``change`` it waits on."""
         group = min(range(_GROUPS), key=self._members.__getitem__)
-        self.followers += 1
         self._members[group] += 1
         try:
             yield group
         finally:
-            self.followers -= 1
             self._members[group] -= 1
 
     def _appended_events(self) -> None:

@@ -14,11 +14,11 @@ average (median 0.36): its commit carries the claim, and the agent starts beside
 A waiting claim opens an Offer. Transactions that give it jobs hold it until they settle
 (Transaction.when_settled): the jobs of those that committed are the claim's answer; a
 transaction that did not commit wrote nothing, and the claim waits on. Several may hold it
-at once: under load the
-submits of one group commit each give it a job, and the claim takes them all, as a claim
-of its own after that commit would. A claim does not leave while a transaction holds its
-offer, so a committed handoff reaches the claim that waited. Only if that call is gone
-(cancelled) do its jobs wait out their lease, as those of any claim whose answer is lost.
+at once: under load the submits of one group commit each give it a job, and the claim takes
+them all, as a claim of its own after that commit would. A claim does not leave while a
+transaction holds its offer, so a committed handoff reaches the claim that waited. Only if
+that call is gone (cancelled) do its jobs wait out their lease, as those of any claim whose
+answer is lost.
 """
 
 from __future__ import annotations

@@ -131,19 +131,18 @@ class _Helper:
         if not got:
             self._end()
             return
-        self._settle(got, self._call)
+        for on_done, error in self._settle(got):
+            on_done(error)  # now, not at the next turn: a durable caller is answered sooner
 
-    def _settle(self, got: bytes, call: Callable[[OnDone, BaseException | None], None]) -> None:
+    def _settle(self, got: bytes) -> list[tuple[OnDone, BaseException | None]]:
+        """The callers the answers in ``got`` are for, oldest first (an answer is 2 bytes)."""
         data = self._partial + got
         whole = len(data) - len(data) % 2
         self._partial = data[whole:]
-        for i in range(0, whole, 2):
-            on_done = self._waiting.popleft()
-            call(on_done, self._answer(data[i], data[i + 1]))
-
-    @staticmethod
-    def _call(on_done: OnDone, error: BaseException | None) -> None:
-        on_done(error)
+        return [
+            (self._waiting.popleft(), self._answer(data[i], data[i + 1]))
+            for i in range(0, whole, 2)
+        ]
 
     def _queue(self, on_done: OnDone, error: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
@@ -165,14 +164,13 @@ class _Helper:
         """Lets the helper finish the syncs asked for, and hands their answers to the loop."""
         if self.ended:
             return
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._answers)
         with contextlib.suppress(OSError):
             self._proc.stdin.close()  # type: ignore[union-attr]
-        os.set_blocking(self._answers, True)
+        os.set_blocking(self._answers, True)  # the loop does not run until this returns
         with contextlib.suppress(OSError):
             while got := os.read(self._answers, 65536):
-                self._settle(got, self._queue)
+                for on_done, error in self._settle(got):
+                    self._queue(on_done, error)
         self._end()
 
     def _reap(self) -> None:
