@@ -79,6 +79,21 @@ async def test_a_tenant_sees_only_its_own_events(store: SqliteStore) -> None:
     await tail.close()
 
 
+async def test_on_the_embedded_store_the_tail_holds_a_commits_events_when_its_caller_resumes(
+    store: SqliteStore,
+) -> None:
+    """Read in the commit's callbacks, not by a task woken after the caller (a turn later)."""
+    tail = EventTail(store, store._notifier, recheck=60.0)  # no recheck during the test
+    await tail.ready()
+    with tail.following() as group:
+        change = tail.change(group)
+        for n in (1, 3):
+            await append(store, "a", *(f"e{i}" for i in range(n)))
+            assert tail.last == (1 if n == 1 else 4)
+        assert change.is_set()
+    await tail.close()
+
+
 async def test_evicted_events_are_no_longer_covered(store: SqliteStore) -> None:
     await append(store, "a", "before")  # stored before the tail starts: not held
     tail = EventTail(store, store._notifier, recheck=0.05, capacity=3)

@@ -41,3 +41,15 @@ async def test_a_commit_that_wakes_no_claim_wakes_everyone_at_once() -> None:
         notifier.publish_committed([EVENTS_TOPIC, queue_topic("q")])
         assert await events.wait(0)
         assert not await other.wait(0)
+
+
+async def test_a_publish_callback_runs_at_the_publish_while_registered() -> None:
+    notifier = Notifier()
+    calls: list[str] = []
+    with notifier.on_publish(EVENTS_TOPIC, lambda: calls.append("events")):
+        notifier.publish([queue_topic("q")])
+        assert calls == []
+        notifier.publish_committed([EVENTS_TOPIC])
+        assert calls == ["events"]  # before any turn of the loop
+    notifier.publish([EVENTS_TOPIC])
+    assert calls == ["events"]

@@ -1,11 +1,18 @@
 """The recent events of every job, read from the store once and shared by all followers.
 
 A thousand clients following every job would otherwise each read each new event from the
-store. One task reads what was committed after the last event it holds (woken by the
-notifier, and every ``recheck`` seconds in case a wake-up between replicas was lost) and
-keeps the newest ``capacity`` events in memory; followers whose cursor it covers take their
-events from here and wait on it. It holds every event after ``floor`` with no gap, because
-it reads in sequence order after what it has, as followers reading the store do.
+store. The tail reads what was committed after the last event it holds and keeps the newest
+``capacity`` events in memory; followers whose cursor it covers take their events from here
+and wait on it. It holds every event after ``floor`` with no gap, because it reads in
+sequence order after what it has, as followers reading the store do.
+
+On a shared database a task reads, woken by the notifier (commits of this replica and, by
+LISTEN, of the others) and every ``recheck`` seconds in case a wake-up was lost. On the
+embedded store, whose reads answer at once, the tail reads in the callbacks of the commit
+that wrote the events (Notifier.on_publish), so followers wake at the next turn of the loop
+with the callers the commit answered, not a turn after a task of its own has read; the task
+then only rechecks. One function job at a time (`bench --only dispatch`), commit to the
+follower's frame took 0.15-0.20 ms this way against 0.25-0.28 ms.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 
 from gaffer.domain import StoreUnavailable
 from gaffer.store import EVENTS_TOPIC, Notifier, Store
+from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
 
@@ -223,15 +231,25 @@ class EventTail:
 
     async def _run(self) -> None:
         assert self._started is not None
-        with self._notifier.subscribe(EVENTS_TOPIC) as sub:
+        at_once = self._store.reads_at_once
+        with (
+            self._notifier.subscribe(*() if at_once else (EVENTS_TOPIC,)) as sub,
+            self._notifier.on_publish(EVENTS_TOPIC, self._read_committed)
+            if at_once
+            else contextlib.nullcontext(),
+        ):
             while True:
                 try:
                     if not self._started.done():
                         self.floor = await self._store.last_event_seq()
                         self._started.set_result(None)
-                    sub.clear()
-                    await self._read_new()
-                    await sub.wait(self._recheck)
+                    if at_once:
+                        self._read_now()
+                        await self._recheck_pause()
+                    else:
+                        sub.clear()
+                        await self._read_new()
+                        await sub.wait(self._recheck)
                 except StoreUnavailable as exc:
                     if self._notifier.closed:
                         self._closed = True
@@ -245,18 +263,43 @@ class EventTail:
                     log.exception("event tail failed; retrying")
                     await asyncio.sleep(self._recheck)
 
+    async def _recheck_pause(self) -> None:
+        """Waits ``recheck`` seconds, or until the server shuts down (then raises)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._recheck):
+                await self._notifier.wait_closed()
+        self._notifier.check_open()
+
+    def _read_committed(self) -> None:
+        """Reads at a commit of this server that wrote events (on the embedded store)."""
+        started = self._started
+        if self._closed or started is None or not started.done() or started.exception():
+            return  # the task reads once it knows where to start
+        try:
+            self._read_now()
+        except StoreUnavailable as exc:
+            log.warning("event tail cannot read the store (read again later): %s", exc)
+        except Exception:
+            log.exception("event tail failed to read; read again later")
+
+    def _read_now(self) -> None:
+        while self._append(self._store.tail_events_now(after_seq=self.last, limit=_READ_BATCH)):
+            pass
+
     async def _read_new(self) -> None:
-        while True:
-            rows = await self._store.tail_events(after_seq=self.last, limit=_READ_BATCH)
-            if not rows:
-                return
-            for tenant, event in rows:
-                self._seqs.append(event.sequence)
-                self._events.append((tenant, _field(_EVENT_TAG, event.SerializeToString())))
-            self._slices.clear()
-            while len(self._seqs) > self._capacity:
-                self.floor = self._seqs.popleft()
-                self._events.popleft()
-            self._appended_events()
-            if len(rows) < _READ_BATCH:
-                return
+        while self._append(await self._store.tail_events(after_seq=self.last, limit=_READ_BATCH)):
+            pass
+
+    def _append(self, rows: list[tuple[str, job_pb2.JobEvent]]) -> bool:
+        """Holds the events read and wakes the followers; True if there may be more."""
+        if not rows:
+            return False
+        for tenant, event in rows:
+            self._seqs.append(event.sequence)
+            self._events.append((tenant, _field(_EVENT_TAG, event.SerializeToString())))
+        self._slices.clear()
+        while len(self._seqs) > self._capacity:
+            self.floor = self._seqs.popleft()
+            self._events.popleft()
+        self._appended_events()
+        return len(rows) == _READ_BATCH

@@ -215,6 +215,10 @@ class Transaction(abc.ABC):
 class Store(abc.ABC):
     """Durable state of a Gaffer server."""
 
+    #: Reads answer at once on the loop (an embedded store): what a commit wrote can be read
+    #: in the commit's own callbacks (see tail_events_now).
+    reads_at_once = False
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connects and applies migrations."""
@@ -261,6 +265,10 @@ class Store(abc.ABC):
         self, *, after_seq: int, limit: int
     ) -> list[tuple[str, job_pb2.JobEvent]]:
         """Events of every tenant after a sequence number, oldest first, with their tenant."""
+
+    def tail_events_now(self, *, after_seq: int, limit: int) -> list[tuple[str, job_pb2.JobEvent]]:
+        """tail_events, done before returning (only where ``reads_at_once``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read without waiting")
 
     @abc.abstractmethod
     async def last_event_seq(self) -> int: ...

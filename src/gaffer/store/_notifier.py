@@ -2,13 +2,15 @@
 
 A reader subscribes *before* it reads the store and clears its flag before each read, so a
 publish that lands between the read and the wait is never lost. Topics without subscribers
-cost nothing.
+cost nothing. A callback (``on_publish``) runs at the publish itself, a turn of the loop
+before any waiter resumes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 
 from gaffer.domain import StoreUnavailable
@@ -68,6 +70,7 @@ class Notifier:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
+        self._callbacks: dict[str, list[Callable[[], None]]] = {}
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -95,10 +98,25 @@ class Notifier:
             self._subs.setdefault(topic, set()).add(sub)
         return sub
 
+    @contextlib.contextmanager
+    def on_publish(self, topic: str, callback: Callable[[], None]) -> Iterator[None]:
+        """Calls ``callback`` whenever ``topic`` is published, while inside (it must not
+        raise)."""
+        self._callbacks.setdefault(topic, []).append(callback)
+        try:
+            yield
+        finally:
+            callbacks = self._callbacks[topic]
+            callbacks.remove(callback)
+            if not callbacks:
+                del self._callbacks[topic]
+
     def publish(self, topics: Iterable[str]) -> None:
         for topic in topics:
             for sub in self._subs.get(topic, ()):
                 sub.set()
+            for callback in self._callbacks.get(topic, ()):
+                callback()
 
     def publish_committed(self, topics: Iterable[str]) -> None:
         """Publishes what a commit touched; when it wakes a claim, the rest a turn later.

@@ -322,6 +322,8 @@ _WRITER_CHECKPOINT_FRAMES = 256
 class SqliteStore(Store):
     """SQLite under ``data_dir``: ``gaffer.db`` plus ``blobs/`` for artifact bytes."""
 
+    reads_at_once = True
+
     #: Seconds between checkpoints (moving the WAL's pages into the database file).
     checkpoint_interval = 1.0
     #: Bytes the WAL file is cut back to when it starts over; past this, the writer finishes
@@ -581,6 +583,9 @@ class SqliteStore(Store):
     async def tail_events(
         self, *, after_seq: int, limit: int
     ) -> list[tuple[str, job_pb2.JobEvent]]:
+        return self.tail_events_now(after_seq=after_seq, limit=limit)
+
+    def tail_events_now(self, *, after_seq: int, limit: int) -> list[tuple[str, job_pb2.JobEvent]]:
         rows = _fetchall(
             self._r,
             "SELECT seq, tenant, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
