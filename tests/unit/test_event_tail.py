@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gaffer.core import Caller, CoreSettings, Jobs, TailSlice
-from gaffer.core._event_tail import _GROUPS, _SEND_COST, EventTail
+from gaffer.core._event_tail import _GROUPS, _SEND_COST, TICK, EventTail
 from gaffer.store import BlobStore, Notifier, SqliteStore
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
@@ -91,6 +91,19 @@ async def test_on_the_embedded_store_the_tail_holds_a_commits_events_when_its_ca
             await append(store, "a", *(f"e{i}" for i in range(n)))
             assert tail.last == (1 if n == 1 else 4)
         assert change.is_set()
+    await tail.close()
+
+
+async def test_followers_are_woken_every_tick_while_no_event_comes(store: SqliteStore) -> None:
+    """So that a follower can wait without a timer of its own until its keepalive is near."""
+    tail = EventTail(store, store._notifier, recheck=60.0)
+    await tail.ready()
+    loop = asyncio.get_running_loop()
+    with tail.following() as group:
+        started = loop.time()
+        for _ in range(2):
+            await asyncio.wait_for(tail.change(group).wait(), 10 * TICK)
+        assert loop.time() - started >= 2 * TICK - 0.01
     await tail.close()
 
 

@@ -44,6 +44,11 @@ _MAX_PACE = 0.5
 # Followers are woken one group per turn of the loop, so that what else waits on the loop
 # (commits, the tail's reads, the jobs' calls) runs between groups, not after all of them.
 _GROUPS = 16
+# While followers are inside, they are woken at least this often (events or not): a follower
+# whose next keepalive or recheck is further off waits for a wake-up alone, without a timer
+# of its own. With 1,000 followers, a timer per wait cost the loop 9.7 us per follower per
+# wake-up against 3.1 us without (the followers' Python only, no gRPC sends).
+TICK = 0.25
 # Wire tags (field number << 3 | length-delimited): StreamJobEventsResponse.event and
 # JobEventBatch.events are both field 1, StreamJobEventsResponse.batch is field 3.
 _EVENT_TAG = b"\x0a"
@@ -106,6 +111,7 @@ class EventTail:
         self._closed = False
         self._last_wake = 0.0
         self._pending_wake: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     async def ready(self) -> None:
         """Starts the reader on first use and waits until it knows where it begins."""
@@ -116,6 +122,9 @@ class EventTail:
 
     async def close(self) -> None:
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         self._wake_followers()
         if self._task is not None:
             self._task.cancel()
@@ -167,6 +176,8 @@ class EventTail:
         the group whose ``change`` it waits on."""
         group = min(range(_GROUPS), key=self._members.__getitem__)
         self._members[group] += 1
+        if self._ticker is None and not self._closed:
+            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
         try:
             yield group
         finally:
@@ -199,6 +210,16 @@ class EventTail:
             self._wake_followers()
         else:
             self._pending_wake = loop.call_at(due, self._wake_followers)
+
+    def _tick(self) -> None:
+        """Wakes the followers if nothing did for a TICK; runs while any follow."""
+        loop = asyncio.get_running_loop()
+        quiet = self._pending_wake is None and self._cascade is None
+        if quiet and loop.time() - self._last_wake >= TICK:
+            self._wake_followers()
+        self._ticker = None
+        if self.followers and not self._closed:
+            self._ticker = loop.call_later(TICK, self._tick)
 
     def _wake_followers(self) -> None:
         self._pending_wake = None

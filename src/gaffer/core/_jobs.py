@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gaffer.core._context import Caller, CoreSettings
+from gaffer.core._event_tail import TICK as TAIL_TICK
 from gaffer.core._event_tail import EventTail, TailSlice
 from gaffer.core._transitions import change_state, insert_submitted, record_event, timestamp
 from gaffer.domain import (
@@ -398,9 +399,13 @@ class Jobs:
                     # Caught up: whatever the tail reads meanwhile goes out at its next
                     # wake-up, in one frame, not in a send of its own as soon as this one
                     # is done (paced by the tail; see EventTail._appended_events).
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(idle.wait_for()):
-                            await change.wait()
+                    wait = idle.wait_for()
+                    if wait >= TAIL_TICK:  # the tail wakes it sooner anyway
+                        await change.wait()
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(wait):
+                                await change.wait()
                     if idle.due():
                         yield after_sequence
                     continue
