@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gaffer.domain import StoreUnavailable
-from gaffer.store import EVENTS_TOPIC, Notifier, Store
+from gaffer.store import EVENTS_TOPIC, Notifier, Store, Subscription
 from gaffer.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -252,19 +252,18 @@ class EventTail:
 
     async def _run(self) -> None:
         assert self._started is not None
-        at_once = self._store.reads_at_once
-        with (
-            self._notifier.subscribe(*() if at_once else (EVENTS_TOPIC,)) as sub,
-            self._notifier.on_publish(EVENTS_TOPIC, self._read_committed)
-            if at_once
-            else contextlib.nullcontext(),
-        ):
+        watching: contextlib.AbstractContextManager[Subscription | None]
+        if self._store.reads_at_once:
+            watching = self._notifier.on_publish(EVENTS_TOPIC, self._read_committed)
+        else:
+            watching = self._notifier.subscribe(EVENTS_TOPIC)
+        with watching as sub:  # None: the commits' callbacks read
             while True:
                 try:
                     if not self._started.done():
                         self.floor = await self._store.last_event_seq()
                         self._started.set_result(None)
-                    if at_once:
+                    if sub is None:
                         self._read_now()
                         await self._recheck_pause()
                     else:
