@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -122,7 +123,7 @@ class Attempt:
         self._functions = functions if functions is not None else config.functions
         self._job = assignment.job
         self.key = AttemptKey(assignment.job.id, assignment.attempt, assignment.lease_token)
-        self._workdir = work_root / f"{_safe_name(self.key.job_id)}-{self.key.attempt}"
+        self._work_root = work_root
         self._made_workdir = False
         self._completed = False
         #: Set while a function call runs: a stop ends the wait for it.
@@ -138,6 +139,12 @@ class Attempt:
         #: Done once the attempt sends its first report, or ends: the agent's next claim
         #: waits for it (see _Agent._claim_loop).
         self.first_report: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @functools.cached_property
+    def _workdir(self) -> Path:
+        """Named when first needed: a function job without inputs or outputs never is (in the
+        agent, naming it took 26 us of the 0.13 ms from the claim's answer to the call)."""
+        return self._work_root / f"{_safe_name(self.key.job_id)}-{self.key.attempt}"
 
     @property
     def stopping(self) -> bool:
