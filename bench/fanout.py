@@ -7,7 +7,8 @@ stores every frame as it arrives, with its arrival time; one stream per process 
 it goes, to know when the last job finished. After the run each process decodes its frames:
 every sequence a stream got, and the delay of each event (its frame's arrival minus the
 event's ``time``). It then reads the whole history once and checks that every stream got
-exactly the stored events, in order. The server's peak RSS is sampled from /proc throughout.
+exactly the stored events, in order. While frames arrive the follower processes run without
+garbage collection, which would stamp the frames read after each pause late. The server's peak RSS is sampled from /proc throughout.
 ``fanout_jobs_seconds`` is the span, in the server's event times, from the first event to
 the last job's end: how long the jobs took while the server also fed the followers.
 ``fanout_server_cpu_us_per_frame`` is all of the server's CPU time over the frames it sent
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -257,11 +259,17 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
         cpu = CpuWindow(watched(args))
         first = time.perf_counter()
         timed_out = False
+        # No collections while frames arrive: they paused this process for up to 30 ms
+        # (150-190 ms in all per run, by gc.callbacks), and every frame read after a pause
+        # was stamped late by it, as if the server had sent it late.
+        gc.disable()
         try:
             await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in streams)), args.timeout)
         except TimeoutError:
             timed_out = True
             print("followers: timed out", flush=True)
+        finally:
+            gc.enable()
         seconds = time.perf_counter() - first
         shares = cpu.percent()
         for task in tasks:
