@@ -8,7 +8,8 @@ it goes, to know when the last job finished. After the run each process decodes 
 every sequence a stream got, and the delay of each event (its frame's arrival minus the
 event's ``time``). It then reads the whole history once and checks that every stream got
 exactly the stored events, in order. While frames arrive the follower processes run without
-garbage collection, which would stamp the frames read after each pause late. The server's peak RSS is sampled from /proc throughout.
+garbage collection, which would stamp the frames read after each pause late. The server's
+peak RSS is sampled from /proc throughout.
 ``fanout_jobs_seconds`` is the span, in the server's event times, from the first event to
 the last job's end: how long the jobs took while the server also fed the followers.
 ``fanout_server_cpu_us_per_frame`` is all of the server's CPU time over the frames it sent

@@ -44,11 +44,12 @@ _MAX_PACE = 0.5
 # Followers are woken one group per turn of the loop, so that what else waits on the loop
 # (commits, the tail's reads, the jobs' calls) runs between groups, not after all of them.
 _GROUPS = 16
-# While followers are inside, they are woken at least this often (events or not): a follower
-# whose next keepalive or recheck is further off waits for a wake-up alone, without a timer
-# of its own. With 1,000 followers, a timer per wait cost the loop 9.7 us per follower per
-# wake-up against 3.1 us without (the followers' Python only, no gRPC sends).
-TICK = 0.25
+# While followers are inside, they are woken at least this often, events or not (a ticker
+# looks every half of it): a follower whose next keepalive or recheck is further off waits
+# for a wake-up alone, without a timer of its own. With 1,000 followers, a timer per wait
+# cost the loop 9.7 us per follower per wake-up against 3.7 us without (the followers'
+# Python only, no gRPC sends).
+MAX_QUIET = 0.5
 # Wire tags (field number << 3 | length-delimited): StreamJobEventsResponse.event and
 # JobEventBatch.events are both field 1, StreamJobEventsResponse.batch is field 3.
 _EVENT_TAG = b"\x0a"
@@ -177,7 +178,7 @@ class EventTail:
         group = min(range(_GROUPS), key=self._members.__getitem__)
         self._members[group] += 1
         if self._ticker is None and not self._closed:
-            self._ticker = asyncio.get_running_loop().call_later(TICK, self._tick)
+            self._ticker = asyncio.get_running_loop().call_later(MAX_QUIET / 2, self._tick)
         try:
             yield group
         finally:
@@ -212,14 +213,15 @@ class EventTail:
             self._pending_wake = loop.call_at(due, self._wake_followers)
 
     def _tick(self) -> None:
-        """Wakes the followers if nothing did for a TICK; runs while any follow."""
+        """Wakes the followers if nothing did for half of MAX_QUIET (so never more than all
+        of it passes without a wake-up); runs while any follow."""
         loop = asyncio.get_running_loop()
         quiet = self._pending_wake is None and self._cascade is None
-        if quiet and loop.time() - self._last_wake >= TICK:
+        if quiet and loop.time() - self._last_wake >= MAX_QUIET / 2:
             self._wake_followers()
         self._ticker = None
         if self.followers and not self._closed:
-            self._ticker = loop.call_later(TICK, self._tick)
+            self._ticker = loop.call_later(MAX_QUIET / 2, self._tick)
 
     def _wake_followers(self) -> None:
         self._pending_wake = None

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gaffer.core._context import Caller, CoreSettings
-from gaffer.core._event_tail import TICK as TAIL_TICK
+from gaffer.core._event_tail import MAX_QUIET as TAIL_MAX_QUIET
 from gaffer.core._event_tail import EventTail, TailSlice
 from gaffer.core._transitions import change_state, insert_submitted, record_event, timestamp
 from gaffer.domain import (
@@ -400,7 +400,7 @@ class Jobs:
                     # wake-up, in one frame, not in a send of its own as soon as this one
                     # is done (paced by the tail; see EventTail._appended_events).
                     wait = idle.wait_for()
-                    if wait >= TAIL_TICK:  # the tail wakes it sooner anyway
+                    if wait >= TAIL_MAX_QUIET:  # the tail wakes it sooner anyway
                         await change.wait()
                     else:
                         with contextlib.suppress(TimeoutError):
