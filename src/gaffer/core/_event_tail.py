@@ -35,10 +35,11 @@ _READ_BATCH = 1000
 # The loop time a wake-up may take per follower, and the longest pause between wake-ups
 # however many follow (see EventTail._appended_events). `bench --only fanout` (1,000
 # followers, 1,000 jobs), the events' delay p99 and the jobs' span, run by run, with the
-# followers woken in _GROUPS: 80 us 138/119 ms, 1.37/1.45 s; 60 us 87/81/80/111/86 ms,
-# 1.5-1.9 s; 50 us 85/86 ms, 2.45/2.12 s; 45 us 69/80/68 ms, 2.29/1.92/2.34 s; 40 us
-# 69/66/75/77 ms, 2.5-2.9 s. All woken at once instead, 120 us gave 190-310 ms (1.0-1.3 s)
-# and 60 us 147 ms (11.9 s): each wake-up then held back the jobs' calls for a whole round.
+# followers woken in 16 groups (on an earlier, faster machine): 80 us 138/119 ms,
+# 1.37/1.45 s; 60 us 87/81/80/111/86 ms, 1.5-1.9 s; 50 us 85/86 ms, 2.45/2.12 s; 45 us
+# 69/80/68 ms, 2.29/1.92/2.34 s; 40 us 69/66/75/77 ms, 2.5-2.9 s. All woken at once
+# instead, 120 us gave 190-310 ms (1.0-1.3 s) and 60 us 147 ms (11.9 s): each wake-up then
+# held back the jobs' calls for a whole round.
 _SEND_COST = 45e-6
 _MAX_PACE = 0.5
 # Followers are woken one group per turn of the loop, so that what else waits on the loop
