@@ -109,6 +109,23 @@ async def test_followers_are_woken_within_max_quiet_while_no_event_comes(
     await tail.close()
 
 
+async def test_events_after_a_tick_are_not_held_back_by_the_pace(store: SqliteStore) -> None:
+    tail = EventTail(store, store._notifier, recheck=60.0)
+    await tail.ready()
+    with contextlib.ExitStack() as followers:
+        groups = [followers.enter_context(tail.following()) for _ in range(1000)]
+        await asyncio.wait_for(tail.change(groups[-1]).wait(), 4 * MAX_QUIET)  # a tick
+
+        async def cascade_over() -> bool:
+            return tail._cascade is None
+
+        await wait_until_async(cascade_over, what="the tick's wake-up to reach every group")
+        change = tail.change(groups[0])
+        await append(store, "a", "after the tick")
+        assert change.is_set()  # woken by the commit, not 1000 x _SEND_COST later
+    await tail.close()
+
+
 async def test_evicted_events_are_no_longer_covered(store: SqliteStore) -> None:
     await append(store, "a", "before")  # stored before the tail starts: not held
     tail = EventTail(store, store._notifier, recheck=0.05, capacity=3)

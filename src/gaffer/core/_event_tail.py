@@ -216,19 +216,22 @@ class EventTail:
             self._pending_wake = loop.call_at(due, self._wake_followers)
 
     def _tick(self) -> None:
-        """Wakes the followers if nothing did for half of MAX_QUIET (so never more than all
-        of it passes without a wake-up); runs while any follow."""
+        """Wakes the followers if no events did for half of MAX_QUIET (so never more than all
+        of it passes without a wake-up); runs while any follow. Not paced: with nothing new
+        a follower sends nothing (or a keepalive), and the first events after a quiet spell
+        go out at once, not a pace after the tick."""
         loop = asyncio.get_running_loop()
         quiet = self._pending_wake is None and self._cascade is None
         if quiet and loop.time() - self._last_wake >= MAX_QUIET / 2:
-            self._wake_followers()
+            self._wake_followers(paced=False)
         self._ticker = None
         if self.followers and not self._closed:
             self._ticker = loop.call_later(MAX_QUIET / 2, self._tick)
 
-    def _wake_followers(self) -> None:
+    def _wake_followers(self, paced: bool = True) -> None:
         self._pending_wake = None
-        self._last_wake = asyncio.get_running_loop().time()
+        if paced:
+            self._last_wake = asyncio.get_running_loop().time()
         if self._closed:
             for group in range(_GROUPS):
                 self._wake(group)
