@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gaffer.core import Caller, CoreSettings, Jobs, TailSlice
-from gaffer.core._event_tail import _GROUPS, _SEND_COST, MAX_QUIET, EventTail
+from gaffer.core._event_tail import _GAP, _GROUPS, _ROUND_CAP, MAX_QUIET, EventTail, Follower
 from gaffer.store import BlobStore, Notifier, SqliteStore
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
@@ -85,8 +84,8 @@ async def test_on_the_embedded_store_the_tail_holds_a_commits_events_when_its_ca
     """Read in the commit's callbacks, not by a task woken after the caller (a turn later)."""
     tail = EventTail(store, store._notifier, recheck=60.0)  # no recheck during the test
     await tail.ready()
-    with tail.following() as group:
-        change = tail.change(group)
+    with tail.following() as follower:
+        change = tail.change(follower)
         for n in (1, 3):
             await append(store, "a", *(f"e{i}" for i in range(n)))
             assert tail.last == (1 if n == 1 else 4)
@@ -101,10 +100,10 @@ async def test_followers_are_woken_within_max_quiet_while_no_event_comes(
     tail = EventTail(store, store._notifier, recheck=60.0)
     await tail.ready()
     loop = asyncio.get_running_loop()
-    with tail.following() as group:
+    with tail.following() as follower:
         for _ in range(3):
             began = loop.time()
-            await asyncio.wait_for(tail.change(group).wait(), 4 * MAX_QUIET)
+            await asyncio.wait_for(tail.rest(follower, tail.change(follower), None), 4 * MAX_QUIET)
             assert loop.time() - began <= MAX_QUIET + 0.05  # a slow loop only adds a little
     await tail.close()
 
@@ -112,17 +111,17 @@ async def test_followers_are_woken_within_max_quiet_while_no_event_comes(
 async def test_events_after_a_tick_are_not_held_back_by_the_pace(store: SqliteStore) -> None:
     tail = EventTail(store, store._notifier, recheck=60.0)
     await tail.ready()
-    with contextlib.ExitStack() as followers:
-        groups = [followers.enter_context(tail.following()) for _ in range(1000)]
-        await asyncio.wait_for(tail.change(groups[-1]).wait(), 4 * MAX_QUIET)  # a tick
+    with contextlib.ExitStack() as stack:
+        followers = [stack.enter_context(tail.following()) for _ in range(1000)]
+        await asyncio.wait_for(tail.change(followers[-1]).wait(), 4 * MAX_QUIET)  # a tick
 
-        async def cascade_over() -> bool:
-            return tail._cascade is None
+        async def round_over() -> bool:
+            return tail._round is None
 
-        await wait_until_async(cascade_over, what="the tick's wake-up to reach every group")
-        change = tail.change(groups[0])
+        await wait_until_async(round_over, what="the tick's wake-up to reach every group")
+        change = tail.change(followers[0])
         await append(store, "a", "after the tick")
-        assert change.is_set()  # woken by the commit, not 1000 x _SEND_COST later
+        assert change.is_set()  # woken by the commit, not a gap after the tick
     await tail.close()
 
 
@@ -144,24 +143,122 @@ async def test_evicted_events_are_no_longer_covered(store: SqliteStore) -> None:
     await tail.close()
 
 
-async def test_with_many_followers_wake_ups_are_spaced_out(store: SqliteStore) -> None:
-    tail = EventTail(store, store._notifier, recheck=0.05)
+class _Sender:
+    """A follower as Jobs.events runs one: it takes the change, rests on it and, woken,
+    "sends" until ``release`` is set (a send that gRPC has not finished), then rests again."""
+
+    def __init__(self, tail: EventTail) -> None:
+        self._tail = tail
+        self.resting = False
+        self.woken: asyncio.Queue[float] = asyncio.Queue()  # when, each time it is woken
+        self.release = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._tail.following() as me:
+            change = self._tail.change(me)
+            while True:
+                self.resting = True
+                await self._tail.rest(me, change, None)
+                self.resting = False
+                change = self._tail.change(me)  # before looking, as Jobs.events does
+                self.woken.put_nowait(loop.time())
+                await self.release.wait()
+                self.release.clear()
+
+
+async def _senders(tail: EventTail, n: int) -> list[_Sender]:
+    senders = [_Sender(tail) for _ in range(n)]
+
+    async def all_resting() -> bool:
+        return all(s.resting for s in senders)
+
+    await wait_until_async(all_resting, what="the followers to wait")
+    return senders
+
+
+async def _woken(senders: list[_Sender]) -> list[float]:
+    return [await asyncio.wait_for(s.woken.get(), 10) for s in senders]
+
+
+async def test_the_next_wake_up_waits_until_the_woken_followers_are_back_and_a_gap(
+    store: SqliteStore,
+) -> None:
+    """Events that come while the followers woken are still sending go out together once
+    they are back, after a gap that leaves the loop to the rest of the server's work."""
+    tail = EventTail(store, store._notifier, recheck=60.0)
     await tail.ready()
     loop = asyncio.get_running_loop()
-    with contextlib.ExitStack() as followers:
-        groups = [followers.enter_context(tail.following()) for _ in range(1000)]
-        woken: list[float] = []  # paced at 1000 x _SEND_COST between wake-ups
-        for i in range(3):
-            change = tail.change(groups[0])
-            await append(store, "a", f"e{i}")
-            await change.wait()
-            woken.append(loop.time())
-    assert tail.followers == 0
-    gaps = [b - a for a, b in itertools.pairwise(woken)]
-    pace = 1000 * _SEND_COST
-    assert all(gap >= pace - 0.001 for gap in gaps), gaps  # a slow machine only adds to it
-    got = tail.since("a", 0, 100)
-    assert got is not None and len(got.frames) == 3  # nothing held back, only paced
+    senders = await _senders(tail, 4)
+    await append(store, "a", "e1")
+    first = min(await _woken(senders))
+    await append(store, "a", "e2")
+    await asyncio.sleep(0.2)  # the sends take this long (not a wait for anything)
+    for sender in senders[:3]:
+        sender.release.set()
+
+    async def three_back() -> bool:
+        return all(s.resting for s in senders[:3])
+
+    await wait_until_async(three_back, what="three followers to be back")
+    assert all(s.woken.empty() for s in senders), "woken again before the fourth was back"
+    back = loop.time()
+    senders[3].release.set()
+    again = min(await _woken(senders))
+    assert _GAP > 0 and again - back >= _GAP * (back - first) * 0.99
+    for sender in senders:
+        sender.task.cancel()
+    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
+    await tail.close()
+
+
+@pytest.mark.parametrize(("gone", "followers"), [("stuck", 32), ("left", 2)])
+async def test_a_follower_that_does_not_come_back_does_not_hold_the_others(
+    store: SqliteStore, gone: str, followers: int
+) -> None:
+    """A slow reader (its send held by flow control) among 32, or one of two whose stream
+    ended while it was sending: the others' next wake-up does not wait for it."""
+    tail = EventTail(store, store._notifier, recheck=60.0)
+    await tail.ready()
+    senders = await _senders(tail, followers)
+    await append(store, "a", "e1")
+    first = min(await _woken(senders))
+    await append(store, "a", "e2")
+    if gone == "left":
+        senders[0].task.cancel()
+    for sender in senders[1:]:
+        sender.release.set()
+    again = min(await _woken(senders[1:]))
+    assert again - first < MAX_QUIET / 2  # not at a tick
+    for sender in senders:
+        sender.task.cancel()
+    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
+    await tail.close()
+
+
+async def test_a_round_whose_followers_do_not_come_back_ends_at_the_cap(
+    store: SqliteStore,
+) -> None:
+    """Else the followers back would hear of new events only at the ticks."""
+    tail = EventTail(store, store._notifier, recheck=60.0)
+    await tail.ready()
+    loop = asyncio.get_running_loop()
+    senders = await _senders(tail, 2)  # neither may be left behind
+    await append(store, "a", "e1")
+    await _woken(senders)
+    round_ = tail._round
+    assert round_ is not None
+    senders[1].release.set()
+
+    async def round_over() -> bool:
+        return tail._round is not round_
+
+    await wait_until_async(round_over, what="the round to end")
+    assert loop.time() >= round_.started + _ROUND_CAP
+    for sender in senders:
+        sender.task.cancel()
+    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
     await tail.close()
 
 
@@ -169,28 +266,26 @@ async def test_a_caught_up_follower_sends_what_came_during_its_send_at_the_next_
     store: SqliteStore,
 ) -> None:
     """Not as soon as its send is done: with 1,000 followers each sending again at once, the
-    sends alone kept the server's loop busy and 1,000 jobs took 57 s instead of 4."""
+    sends alone kept the server's loop busy and 1,000 jobs took 57 s instead of 4. (Here the
+    next wake-up waits for the stream itself: the only follower, it is still sending.)"""
     jobs = Jobs(store, store._notifier, BlobStore(store.blob_dir), CoreSettings())
     tenant = Caller().tenant
     stream = jobs.events(
         Caller(), job_id=None, query=None, after_sequence=0, from_now=False, keepalive=30.0
     )
-    with contextlib.ExitStack() as others:
-        for _ in range(4000):  # followers besides this one: wake-ups 0.5 s apart
-            others.enter_context(jobs._tail.following())
-        first = asyncio.ensure_future(anext(stream))
-        await wait_until_async(lambda: _following(jobs), what="the stream to follow")
-        await append(store, tenant, "e1")
-        got = await asyncio.wait_for(first, 10)
-        assert isinstance(got, TailSlice) and got.last == 1
-        # The stream is "sending" e1; e2 is committed and read meanwhile.
-        await append(store, tenant, "e2")
-        await wait_until_async(lambda: held(jobs._tail, 2), what="the tail to read e2")
-        wakes = [jobs._tail.change(group) for group in range(_GROUPS)]
-        assert not any(w.is_set() for w in wakes), "the next wake-up came already: too slow"
-        got = await asyncio.wait_for(anext(stream), 10)
-        assert isinstance(got, TailSlice) and got.last == 2
-        assert any(w.is_set() for w in wakes)  # sent at the wake-up, not before it
+    first = asyncio.ensure_future(anext(stream))
+    await wait_until_async(lambda: _following(jobs), what="the stream to follow")
+    await append(store, tenant, "e1")
+    got = await asyncio.wait_for(first, 10)
+    assert isinstance(got, TailSlice) and got.last == 1
+    # The stream is "sending" e1; e2 is committed and read meanwhile.
+    await append(store, tenant, "e2")
+    await wait_until_async(lambda: held(jobs._tail, 2), what="the tail to read e2")
+    wakes = [jobs._tail.change(Follower(group)) for group in range(_GROUPS)]
+    assert not any(w.is_set() for w in wakes), "woken while its follower was still sending"
+    got = await asyncio.wait_for(anext(stream), 10)
+    assert isinstance(got, TailSlice) and got.last == 2
+    assert any(w.is_set() for w in wakes)  # sent at the wake-up, not before it
     await stream.aclose()
     await jobs.close()
 
@@ -200,10 +295,10 @@ async def test_followers_are_woken_a_group_per_turn_of_the_loop(store: SqliteSto
     before the later groups are woken."""
     tail = EventTail(store, store._notifier, recheck=0.05)
     await tail.ready()
-    with contextlib.ExitStack() as followers:
-        groups = sorted({followers.enter_context(tail.following()) for _ in range(4 * _GROUPS)})
-        assert groups == list(range(_GROUPS))  # spread evenly
-        changes = [tail.change(group) for group in groups]
+    with contextlib.ExitStack() as stack:
+        followers = [stack.enter_context(tail.following()) for _ in range(4 * _GROUPS)]
+        assert sorted({f.group for f in followers}) == list(range(_GROUPS))  # spread evenly
+        changes = [tail.change(Follower(group)) for group in range(_GROUPS)]
 
         async def first_group() -> list[bool]:
             await changes[0].wait()
@@ -216,26 +311,5 @@ async def test_followers_are_woken_a_group_per_turn_of_the_loop(store: SqliteSto
     await tail.close()
 
 
-async def test_a_wake_up_asked_for_while_groups_are_woken_comes_after_them(
-    store: SqliteStore,
-) -> None:
-    """Events read while the groups are being woken are not left to the next append: the
-    groups already woken would not hear of them."""
-    tail = EventTail(store, store._notifier, recheck=0.05)
-    await tail.ready()
-    with contextlib.ExitStack() as followers:
-        group = followers.enter_context(tail.following())
-        for _ in range(_GROUPS):
-            followers.enter_context(tail.following())
-        first = tail.change(group)
-        await append(store, "a", "e1")
-        await asyncio.wait_for(first.wait(), 10)
-        assert tail._cascade is not None, "the groups were all woken already"
-        again = tail.change(group)
-        tail._appended_events()  # as the tail does when it reads e2 now
-        await asyncio.wait_for(again.wait(), 10)
-    await tail.close()
-
-
 async def _following(jobs: Jobs) -> bool:
-    return jobs._tail.followers == 4001
+    return jobs._tail.followers == 1

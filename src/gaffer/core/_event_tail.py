@@ -32,16 +32,15 @@ from gaffer.v1 import job_pb2
 log = logging.getLogger(__name__)
 
 _READ_BATCH = 1000
-# The loop time a wake-up may take per follower, and the longest pause between wake-ups
-# however many follow (see EventTail._appended_events). `bench --only fanout` (1,000
-# followers, 1,000 jobs), the events' delay p99 and the jobs' span, run by run, with the
-# followers woken in 16 groups (on an earlier, faster machine): 80 us 138/119 ms,
-# 1.37/1.45 s; 60 us 87/81/80/111/86 ms, 1.5-1.9 s; 50 us 85/86 ms, 2.45/2.12 s; 45 us
-# 69/80/68 ms, 2.29/1.92/2.34 s; 40 us 69/66/75/77 ms, 2.5-2.9 s. All woken at once
-# instead, 120 us gave 190-310 ms (1.0-1.3 s) and 60 us 147 ms (11.9 s): each wake-up then
-# held back the jobs' calls for a whole round.
-_SEND_COST = 45e-6
-_MAX_PACE = 0.5
+# How wake-ups are paced (see EventTail._appended_events): after a round's followers are
+# back, the next round waits _GAP times as long as the round took, so that the rest of the
+# server's work (commits, the jobs' calls) keeps a share of the loop however fast the
+# machine is. A round is over once all but 1/_STRAGGLERS of the followers it woke are back
+# (a slow reader's send may be held back by flow control for long), or _ROUND_CAP after it
+# began.
+_GAP = 0.25
+_STRAGGLERS = 32
+_ROUND_CAP = 0.5
 # Followers are woken one group per turn of the loop, so that what else waits on the loop
 # (commits, the tail's reads, the jobs' calls) runs between groups, not after all of them.
 # `bench --only fanout`, alternating, 7 pairs: with 8 groups the events' delay p99 was
@@ -70,6 +69,27 @@ def _varint(n: int) -> bytes:
 
 def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
+
+
+@dataclass(eq=False)
+class _Round:
+    """One wake-up of the followers: from its first group woken until all but a few of the
+    followers it woke are back waiting (or _ROUND_CAP)."""
+
+    started: float
+    paced: bool  # a tick's round does not space out the next one
+    woken: int = 0
+    back: int = 0
+    capped: bool = False
+
+
+@dataclass(eq=False)
+class Follower:
+    """One follower of the tail (from EventTail.following)."""
+
+    group: int
+    #: The round that woke it, until it waits again.
+    woken_by: _Round | None = None
 
 
 @dataclass
@@ -108,8 +128,12 @@ class EventTail:
         self.floor = 0
         self._groups = [asyncio.Event() for _ in range(_GROUPS)]
         self._members = [0] * _GROUPS
+        self._resting = [0] * _GROUPS  # followers waiting on each group's event
         self._cascade: int | None = None  # the next group to wake, while waking
-        self._wake_again = False  # events came during a cascade
+        self._round: _Round | None = None  # the wake-up whose followers are still sending
+        self._round_cap: asyncio.TimerHandle | None = None
+        self._wake_again = False  # events came during a round
+        self._next_wake = 0.0  # the earliest a paced wake-up may begin
         self._task: asyncio.Task[None] | None = None
         self._started: asyncio.Future[None] | None = None
         self._closed = False
@@ -126,9 +150,10 @@ class EventTail:
 
     async def close(self) -> None:
         self._closed = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        for timer in (self._ticker, self._round_cap, self._pending_wake):
+            if timer is not None:
+                timer.cancel()
+        self._ticker = None
         self._wake_followers()
         if self._task is not None:
             self._task.cancel()
@@ -163,79 +188,109 @@ class EventTail:
         found = self._slices[key] = TailSlice(frames, last)
         return found
 
-    def change(self, group: int) -> asyncio.Event:
-        """Set when events are appended, for the followers of ``group`` (from ``following``;
-        take it before looking, then wait on it)."""
+    def change(self, follower: Follower) -> asyncio.Event:
+        """Set when events are appended, for ``follower``'s group (take it before looking,
+        then wait on it with ``rest``)."""
         if self._closed:
             raise StoreUnavailable("the server is shutting down; resume from your cursor")
-        return self._groups[group]
+        return self._groups[follower.group]
+
+    async def rest(self, follower: Follower, change: asyncio.Event, timeout: float | None) -> None:
+        """Waits until ``change`` is set (or ``timeout`` seconds pass, if given). Waiting again
+        tells the tail that the follower is done with the round that woke it."""
+        self._back(follower)
+        if change.is_set():
+            return
+        group = follower.group
+        self._resting[group] += 1
+        try:
+            if timeout is None:
+                await change.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await change.wait()
+        finally:
+            self._resting[group] -= 1
+        if change.is_set():
+            follower.woken_by = self._round
 
     @property
     def followers(self) -> int:
         return sum(self._members)
 
     @contextlib.contextmanager
-    def following(self) -> Iterator[int]:
-        """Counts a follower while inside (the pace of wake-ups depends on how many); gives
-        the group whose ``change`` it waits on."""
-        group = min(range(_GROUPS), key=self._members.__getitem__)
-        self._members[group] += 1
+    def following(self) -> Iterator[Follower]:
+        """Counts a follower while inside, in the group with fewest members."""
+        follower = Follower(min(range(_GROUPS), key=self._members.__getitem__))
+        self._members[follower.group] += 1
         if self._ticker is None and not self._closed:
             self._ticker = asyncio.get_running_loop().call_later(MAX_QUIET / 2, self._tick)
         try:
-            yield group
+            yield follower
         finally:
-            self._members[group] -= 1
+            self._members[follower.group] -= 1
+            self._back(follower)  # gone while sending: no longer awaited
 
     def _appended_events(self) -> None:
-        """Wakes the followers, no more often than the server can serve them and do the rest.
+        """Wakes the followers, as often as the server can serve them and do the rest.
 
-        A wake-up costs every follower one message (16-35 us of the loop each in the bench's
-        floor, by frame size), so with many followers they are woken at most every
-        ``followers x _SEND_COST`` seconds: events that arrive meanwhile go out together (a
-        follower that is caught up sends again only at the next wake-up, see Jobs.events),
-        and the loop keeps time for submits and agents between wake-ups. Measured here with
-        1,000 followers: woken at every event, a submit took 60 ms and submits ran at 21/s;
-        when each follower sent again as soon as its last send was done, 1,000 jobs took
-        57 s. How long to leave per follower depends on what else costs the loop; today's
-        figures are beside _SEND_COST.
+        A wake-up costs every follower one message (25-45 us of the loop each in the bench's
+        floor, by frame size and machine), so the next one waits until the followers woken
+        are back and then _GAP times as long as they took: events that arrive meanwhile go
+        out together (a follower that is caught up sends again only at the next wake-up, see
+        Jobs.events), and the loop keeps time for submits and agents between wake-ups.
+        Measured here with 1,000 followers: woken at every event, a submit took 60 ms and
+        submits ran at 21/s; when each follower sent again as soon as its last send was done,
+        1,000 jobs took 57 s. With a fixed pace of 45 us per follower instead of rounds, the
+        wake-ups came faster than the followers' sends on a slower day, and 1,000 jobs took
+        6-22 s with the event delay's p99 at 138-438 ms.
 
-        A wake-up goes through the groups one turn of the loop each (see _GROUPS); events
-        that come meanwhile wait for the next wake-up, as the groups already woken need it.
+        A wake-up goes through the groups one turn of the loop each (see _GROUPS).
         """
-        if self._cascade is not None:
+        if self._round is not None:
             self._wake_again = True
             return
         if self._pending_wake is not None:
             return
         loop = asyncio.get_running_loop()
-        due = self._last_wake + min(self.followers * _SEND_COST, _MAX_PACE)
-        if loop.time() >= due:
+        if loop.time() >= self._next_wake:
             self._wake_followers()
         else:
-            self._pending_wake = loop.call_at(due, self._wake_followers)
+            self._pending_wake = loop.call_at(self._next_wake, self._wake_followers)
 
     def _tick(self) -> None:
-        """Wakes the followers if no events did for half of MAX_QUIET (so never more than all
+        """Wakes the followers if nothing did for half of MAX_QUIET (so never more than all
         of it passes without a wake-up); runs while any follow. Not paced: with nothing new
         a follower sends nothing (or a keepalive), and the first events after a quiet spell
-        go out at once, not a pace after the tick."""
+        go out at once. During a long round it wakes those already back."""
         loop = asyncio.get_running_loop()
-        quiet = self._pending_wake is None and self._cascade is None
-        if quiet and loop.time() - self._last_wake >= MAX_QUIET / 2:
-            self._wake_followers(paced=False)
+        now = loop.time()
+        if (
+            self._pending_wake is None
+            and self._cascade is None
+            and now - self._last_wake >= MAX_QUIET / 2
+        ):
+            if self._round is None:
+                self._wake_followers(paced=False)
+            else:
+                self._last_wake = now
+                for group in range(_GROUPS):
+                    self._wake(group)
         self._ticker = None
         if self.followers and not self._closed:
             self._ticker = loop.call_later(MAX_QUIET / 2, self._tick)
 
     def _wake_followers(self, paced: bool = True) -> None:
         self._pending_wake = None
-        if paced:
-            self._last_wake = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._last_wake = loop.time()
         if self._closed:
             for group in range(_GROUPS):
                 self._wake(group)
-        elif self._cascade is None:
+        elif self._round is None:
+            round_ = self._round = _Round(self._last_wake, paced)
+            self._round_cap = loop.call_at(round_.started + _ROUND_CAP, self._cap_round)
             self._cascade = 0
             self._wake_next_group()
 
@@ -250,13 +305,46 @@ class EventTail:
             asyncio.get_running_loop().call_soon(self._wake_next_group)
             return
         self._cascade = None
+        self._round_may_end()
+
+    def _wake(self, group: int) -> None:
+        if self._round is not None:
+            self._round.woken += self._resting[group]
+        event, self._groups[group] = self._groups[group], asyncio.Event()
+        event.set()
+
+    def _back(self, follower: Follower) -> None:
+        round_, follower.woken_by = follower.woken_by, None
+        if round_ is not None:
+            round_.back += 1
+            if round_ is self._round:
+                self._round_may_end()
+
+    def _round_may_end(self) -> None:
+        round_ = self._round
+        if round_ is None or self._cascade is not None:
+            return
+        if round_.capped or round_.back >= round_.woken - round_.woken // _STRAGGLERS:
+            self._end_round(round_)
+
+    def _cap_round(self) -> None:
+        self._round_cap = None
+        if self._round is not None:
+            self._round.capped = True
+            self._round_may_end()
+
+    def _end_round(self, round_: _Round) -> None:
+        """Ends the round; the next paced wake-up waits _GAP times as long as it took."""
+        self._round = None
+        if self._round_cap is not None:
+            self._round_cap.cancel()
+            self._round_cap = None
+        now = asyncio.get_running_loop().time()
+        if round_.paced:
+            self._next_wake = now + (now - round_.started) * _GAP
         if self._wake_again:
             self._wake_again = False
             self._appended_events()
-
-    def _wake(self, group: int) -> None:
-        event, self._groups[group] = self._groups[group], asyncio.Event()
-        event.set()
 
     async def _run(self) -> None:
         assert self._started is not None

@@ -367,9 +367,9 @@ class Jobs:
         states = frozenset(query.states) if query is not None else frozenset()
         job_query = replace(query, states=()) if query is not None and states else query
         topic = job_topic(job_id) if job_id else EVENTS_TOPIC
-        following = self._tail.following() if shared else contextlib.nullcontext(0)
+        following = self._tail.following() if shared else contextlib.nullcontext(None)
         wakeups = _StoreWakeups(self._notifier, topic, at_once=not shared)
-        with wakeups, following as group:
+        with wakeups, following as follower:
             if job_id:
                 await self._get(caller, job_id)
             if shared:
@@ -386,9 +386,9 @@ class Jobs:
                 )
             idle = _Keepalive(keepalive, self._settings.recheck_interval)
             while True:
-                if shared and self._tail.covers(after_sequence):
+                if follower is not None and self._tail.covers(after_sequence):
                     wakeups.drop()
-                    change = self._tail.change(group)
+                    change = self._tail.change(follower)
                     live = self._tail.since(caller.tenant, after_sequence, _EVENT_BATCH)
                     if live is not None:
                         after_sequence = live.last
@@ -400,12 +400,8 @@ class Jobs:
                     # wake-up, in one frame, not in a send of its own as soon as this one
                     # is done (paced by the tail; see EventTail._appended_events).
                     wait = idle.wait_for()
-                    if wait >= TAIL_MAX_QUIET:  # the tail wakes it sooner anyway
-                        await change.wait()
-                    else:
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(wait):
-                                await change.wait()
+                    # Without a timer when the tail wakes it sooner anyway.
+                    await self._tail.rest(follower, change, wait if wait < TAIL_MAX_QUIET else None)
                     if idle.due():
                         yield after_sequence
                     continue
