@@ -262,6 +262,32 @@ async def test_a_round_whose_followers_do_not_come_back_ends_at_the_cap(
     await tail.close()
 
 
+async def test_during_a_long_round_the_followers_back_are_woken_within_max_quiet(
+    store: SqliteStore,
+) -> None:
+    """They wait without a timer of their own (Jobs.events), so the tick must reach them
+    while the round waits for one that does not come back (until _ROUND_CAP)."""
+    tail = EventTail(store, store._notifier, recheck=60.0)
+    await tail.ready()
+    loop = asyncio.get_running_loop()
+    senders = await _senders(tail, 2)
+    await append(store, "a", "e1")
+    await _woken(senders)
+    senders[1].release.set()
+
+    async def back() -> bool:
+        return senders[1].resting
+
+    await wait_until_async(back, what="the follower to be back")
+    rested = loop.time()
+    again = await asyncio.wait_for(senders[1].woken.get(), 10)
+    assert again - rested <= MAX_QUIET + 0.05  # a slow loop only adds a little
+    for sender in senders:
+        sender.task.cancel()
+    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
+    await tail.close()
+
+
 async def test_a_caught_up_follower_sends_what_came_during_its_send_at_the_next_wake_up(
     store: SqliteStore,
 ) -> None:

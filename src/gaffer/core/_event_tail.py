@@ -46,8 +46,10 @@ _STRAGGLERS = 32
 _ROUND_CAP = 0.5
 # Followers are woken one group per turn of the loop, so that what else waits on the loop
 # (commits, the tail's reads, the jobs' calls) runs between groups, not after all of them.
-# `bench --only fanout`, alternating, 7 pairs: with 8 groups the events' delay p99 was
-# 69-103 ms (median 76), with 16 groups 85-120 ms (median 104); the jobs took as long.
+# `bench --only fanout`, alternating, 7 pairs, with the earlier fixed pace: with 8 groups
+# the events' delay p99 was 69-103 ms (median 76), with 16 groups 85-120 ms (median 104);
+# the jobs took as long. With rounds, 3 runs each: 8 groups 107-181 ms, 16 groups 106-134
+# ms, 32 groups 112-180 ms: no difference the noise lets through.
 _GROUPS = 8
 # While followers are inside, they are woken at least this often, events or not (a ticker
 # looks every half of it): a follower whose next keepalive or recheck is further off waits
@@ -246,8 +248,8 @@ class EventTail:
         Measured here with 1,000 followers: woken at every event, a submit took 60 ms and
         submits ran at 21/s; when each follower sent again as soon as its last send was done,
         1,000 jobs took 57 s. With a fixed pace of 45 us per follower instead of rounds, the
-        wake-ups came faster than the followers' sends on a slower day, and 1,000 jobs took
-        6-22 s with the event delay's p99 at 138-438 ms.
+        wake-ups came faster than the followers' sends on a slower day: in 7 runs 1,000 jobs
+        took 5.8-42 s, with the event delay's p99 at 138 ms to 2.4 s.
 
         A wake-up goes through the groups one turn of the loop each (see _GROUPS).
         """
