@@ -240,7 +240,7 @@ class EventTail:
     def _appended_events(self) -> None:
         """Wakes the followers, as often as the server can serve them and do the rest.
 
-        A wake-up costs every follower one message (25-45 us of the loop each in the bench's
+        A wake-up costs every follower one message (21-44 us of the loop each in the bench's
         floor, by frame size and machine), so the next one waits until the followers woken
         are back and then _GAP times as long as they took: events that arrive meanwhile go
         out together (a follower that is caught up sends again only at the next wake-up, see
