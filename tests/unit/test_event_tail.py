@@ -178,6 +178,13 @@ async def _senders(tail: EventTail, n: int) -> list[_Sender]:
     return senders
 
 
+async def _stop(tail: EventTail, senders: list[_Sender]) -> None:
+    for sender in senders:
+        sender.task.cancel()
+    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
+    await tail.close()
+
+
 async def _woken(senders: list[_Sender]) -> list[float]:
     return [await asyncio.wait_for(s.woken.get(), 10) for s in senders]
 
@@ -207,10 +214,7 @@ async def test_the_next_wake_up_waits_until_the_woken_followers_are_back_and_a_g
     senders[3].release.set()
     again = min(await _woken(senders))
     assert _GAP > 0 and again - back >= _GAP * (back - first) * 0.99
-    for sender in senders:
-        sender.task.cancel()
-    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
-    await tail.close()
+    await _stop(tail, senders)
 
 
 @pytest.mark.parametrize(("gone", "followers"), [("stuck", 32), ("left", 2)])
@@ -231,10 +235,7 @@ async def test_a_follower_that_does_not_come_back_does_not_hold_the_others(
         sender.release.set()
     again = min(await _woken(senders[1:]))
     assert again - first < MAX_QUIET / 2  # not at a tick
-    for sender in senders:
-        sender.task.cancel()
-    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
-    await tail.close()
+    await _stop(tail, senders)
 
 
 async def test_a_round_whose_followers_do_not_come_back_ends_at_the_cap(
@@ -256,10 +257,7 @@ async def test_a_round_whose_followers_do_not_come_back_ends_at_the_cap(
 
     await wait_until_async(round_over, what="the round to end")
     assert loop.time() >= round_.started + _ROUND_CAP
-    for sender in senders:
-        sender.task.cancel()
-    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
-    await tail.close()
+    await _stop(tail, senders)
 
 
 async def test_during_a_long_round_the_followers_back_are_woken_within_max_quiet(
@@ -282,10 +280,7 @@ async def test_during_a_long_round_the_followers_back_are_woken_within_max_quiet
     rested = loop.time()
     again = await asyncio.wait_for(senders[1].woken.get(), 10)
     assert again - rested <= MAX_QUIET + 0.05  # a slow loop only adds a little
-    for sender in senders:
-        sender.task.cancel()
-    await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
-    await tail.close()
+    await _stop(tail, senders)
 
 
 async def test_a_caught_up_follower_sends_what_came_during_its_send_at_the_next_wake_up(
