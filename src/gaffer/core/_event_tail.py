@@ -36,11 +36,11 @@ _READ_BATCH = 1000
 # back, the next round waits _GAP times as long as the round took, so that the rest of the
 # server's work (commits, the jobs' calls) keeps a share of the loop however fast the
 # machine is. A round is over once all but 1/_STRAGGLERS of the followers it woke are back
-# (a slow reader's send may be held back by flow control for long), or _ROUND_CAP after it
-# began. `bench --only fanout` (1,000 followers, 1,000 jobs), alternating, 6 runs each: a
-# gap of 0.15 gave the events' delay p99 96-133 ms (median 108) with the jobs taking
-# 4.3-5.6 s; 0.25 gave 102-246 ms (median 130) and 2.9-3.4 s; 0.4 (3 runs) 113-161 ms and
-# 2.1-2.2 s.
+# (a slow reader's send may be held back by flow control for long), or at the first tick
+# _ROUND_CAP after it began. `bench --only fanout` (1,000 followers, 1,000 jobs),
+# alternating, 6 runs each: a gap of 0.15 gave the events' delay p99 96-133 ms (median 108)
+# with the jobs taking 4.3-5.6 s; 0.25 gave 102-246 ms (median 130) and 2.9-3.4 s; 0.4 (3
+# runs) 113-161 ms and 2.1-2.2 s.
 _GAP = 0.15
 _STRAGGLERS = 32
 _ROUND_CAP = 0.5
@@ -136,7 +136,6 @@ class EventTail:
         self._resting = [0] * _GROUPS  # followers waiting on each group's event
         self._cascade: int | None = None  # the next group to wake, while waking
         self._round: _Round | None = None  # the wake-up whose followers are still sending
-        self._round_cap: asyncio.TimerHandle | None = None
         self._wake_again = False  # events came during a round
         self._next_wake = 0.0  # the earliest a paced wake-up may begin
         self._task: asyncio.Task[None] | None = None
@@ -155,7 +154,7 @@ class EventTail:
 
     async def close(self) -> None:
         self._closed = True
-        for timer in (self._ticker, self._round_cap, self._pending_wake):
+        for timer in (self._ticker, self._pending_wake):
             if timer is not None:
                 timer.cancel()
         self._ticker = None
@@ -268,9 +267,14 @@ class EventTail:
         """Wakes the followers if nothing did for half of MAX_QUIET (so never more than all
         of it passes without a wake-up); runs while any follow. Not paced: with nothing new
         a follower sends nothing (or a keepalive), and the first events after a quiet spell
-        go out at once. During a long round it wakes those already back."""
+        go out at once. During a long round it wakes those already back, and it ends the
+        round once _ROUND_CAP has passed (a timer per round would cost every round)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
+        round_ = self._round
+        if round_ is not None and now - round_.started >= _ROUND_CAP:
+            round_.capped = True
+            self._round_may_end()
         if (
             self._pending_wake is None
             and self._cascade is None
@@ -294,8 +298,7 @@ class EventTail:
             for group in range(_GROUPS):
                 self._wake(group)
         elif self._round is None:
-            round_ = self._round = _Round(self._last_wake, paced)
-            self._round_cap = loop.call_at(round_.started + _ROUND_CAP, self._cap_round)
+            self._round = _Round(self._last_wake, paced)
             self._cascade = 0
             self._wake_next_group()
 
@@ -332,18 +335,9 @@ class EventTail:
         if round_.capped or round_.back >= round_.woken - round_.woken // _STRAGGLERS:
             self._end_round(round_)
 
-    def _cap_round(self) -> None:
-        self._round_cap = None
-        if self._round is not None:
-            self._round.capped = True
-            self._round_may_end()
-
     def _end_round(self, round_: _Round) -> None:
         """Ends the round; the next paced wake-up waits _GAP times as long as it took."""
         self._round = None
-        if self._round_cap is not None:
-            self._round_cap.cancel()
-            self._round_cap = None
         now = asyncio.get_running_loop().time()
         if round_.paced:
             self._next_wake = now + (now - round_.started) * _GAP
