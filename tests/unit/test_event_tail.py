@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,7 +104,8 @@ async def test_followers_are_woken_within_max_quiet_while_no_event_comes(
     with tail.following() as follower:
         for _ in range(3):
             began = loop.time()
-            await asyncio.wait_for(tail.rest(follower, tail.change(follower), None), 4 * MAX_QUIET)
+            resting = tail.rest(follower, tail.change(follower), math.inf)
+            await asyncio.wait_for(resting, 4 * MAX_QUIET)
             assert loop.time() - began <= MAX_QUIET + 0.05  # a slow loop only adds a little
     await tail.close()
 
@@ -160,7 +162,7 @@ class _Sender:
             change = self._tail.change(me)
             while True:
                 self.resting = True
-                await self._tail.rest(me, change, None)
+                await self._tail.rest(me, change, math.inf)
                 self.resting = False
                 change = self._tail.change(me)  # before looking, as Jobs.events does
                 self.woken.put_nowait(loop.time())

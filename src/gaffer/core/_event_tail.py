@@ -38,10 +38,10 @@ _READ_BATCH = 1000
 # machine is. A round is over once all but 1/_STRAGGLERS of the followers it woke are back
 # (a slow reader's send may be held back by flow control for long), once it has lasted
 # twice as long as half of them took to be back, or at the first tick _ROUND_CAP after it
-# began. `bench --only fanout` (1,000 followers, 1,000 jobs),
-# alternating, 6 runs each: a gap of 0.15 gave the events' delay p99 96-133 ms (median 108)
-# with the jobs taking 4.3-5.6 s; 0.25 gave 102-246 ms (median 130) and 2.9-3.4 s; 0.4 (3
-# runs) 113-161 ms and 2.1-2.2 s.
+# began. `bench --only fanout` (1,000 followers, 1,000 jobs), alternating, 6 runs each: a
+# gap of 0.15 gave the events' delay p99 96-133 ms (median 108) with the jobs taking
+# 4.3-5.6 s; 0.25 gave 102-246 ms (median 130) and 2.9-3.4 s; 0.4 (3 runs) 113-161 ms and
+# 2.1-2.2 s.
 _GAP = 0.15
 _STRAGGLERS = 32
 _ROUND_CAP = 0.5
@@ -79,8 +79,8 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 @dataclass(eq=False)
 class _Round:
-    """One wake-up of the followers: from its first group woken until all but a few of the
-    followers it woke are back waiting (or _ROUND_CAP)."""
+    """One wake-up of the followers: from its first group woken until the followers it woke
+    are back waiting (all but a few, or for twice as long as half took; or _ROUND_CAP)."""
 
     started: float
     paced: bool  # a tick's round does not space out the next one
@@ -201,20 +201,21 @@ class EventTail:
             raise StoreUnavailable("the server is shutting down; resume from your cursor")
         return self._groups[follower.group]
 
-    async def rest(self, follower: Follower, change: asyncio.Event, timeout: float | None) -> None:
-        """Waits until ``change`` is set (or ``timeout`` seconds pass, if given). Waiting again
-        tells the tail that the follower is done with the round that woke it."""
+    async def rest(self, follower: Follower, change: asyncio.Event, within: float) -> None:
+        """Waits until ``change`` is set, or ``within`` seconds at most. A wait of MAX_QUIET
+        or more takes no timer of its own: the tail wakes its followers that often anyway.
+        Waiting again tells the tail that the follower is done with the round that woke it."""
         self._back(follower)
         if change.is_set():
             return
         group = follower.group
         self._resting[group] += 1
         try:
-            if timeout is None:
+            if within >= MAX_QUIET:
                 await change.wait()
             else:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(within):
                         await change.wait()
         finally:
             self._resting[group] -= 1
@@ -286,8 +287,7 @@ class EventTail:
                 self._wake_followers(paced=False)
             else:
                 self._last_wake = now
-                for group in range(_GROUPS):
-                    self._wake(group)
+                self._wake_all()
         self._ticker = None
         if self.followers and not self._closed:
             self._ticker = loop.call_later(MAX_QUIET / 2, self._tick)
@@ -297,8 +297,7 @@ class EventTail:
         loop = asyncio.get_running_loop()
         self._last_wake = loop.time()
         if self._closed:
-            for group in range(_GROUPS):
-                self._wake(group)
+            self._wake_all()
         elif self._round is None:
             self._round = _Round(self._last_wake, paced)
             self._cascade = 0
@@ -322,6 +321,10 @@ class EventTail:
             self._round.woken += self._resting[group]
         event, self._groups[group] = self._groups[group], asyncio.Event()
         event.set()
+
+    def _wake_all(self) -> None:
+        for group in range(_GROUPS):
+            self._wake(group)
 
     def _back(self, follower: Follower) -> None:
         round_, follower.woken_by = follower.woken_by, None

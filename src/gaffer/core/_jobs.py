@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gaffer.core._context import Caller, CoreSettings
-from gaffer.core._event_tail import MAX_QUIET as TAIL_MAX_QUIET
 from gaffer.core._event_tail import EventTail, TailSlice
 from gaffer.core._transitions import change_state, insert_submitted, record_event, timestamp
 from gaffer.domain import (
@@ -399,9 +398,7 @@ class Jobs:
                     # Caught up: whatever the tail reads meanwhile goes out at its next
                     # wake-up, in one frame, not in a send of its own as soon as this one
                     # is done (paced by the tail; see EventTail._appended_events).
-                    wait = idle.wait_for()
-                    # Without a timer when the tail wakes it sooner anyway.
-                    await self._tail.rest(follower, change, wait if wait < TAIL_MAX_QUIET else None)
+                    await self._tail.rest(follower, change, idle.wait_for())
                     if idle.due():
                         yield after_sequence
                     continue
