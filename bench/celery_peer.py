@@ -16,7 +16,7 @@ from typing import Any
 
 from bench._config import Config
 from bench._procs import BenchError, Proc, Procs, emit, python
-from bench._stats import percentile, summary
+from bench._stats import summary
 
 NAME = "celery"
 POOLS = {
@@ -120,11 +120,7 @@ def _rtt(n: int, pids: dict[str, int]) -> dict[str, Any]:
         started = time.perf_counter()
         noop.apply_async().get(timeout=10)
         samples.append((time.perf_counter() - started) * 1000)
-    return {
-        "p50_ms": percentile(samples, 50),
-        "p99_ms": percentile(samples, 99),
-        "cpu": cpu.percent(),
-    }
+    return {"samples_ms": samples, "cpu": cpu.percent()}
 
 
 def main() -> None:

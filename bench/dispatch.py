@@ -4,6 +4,12 @@
 stream is opened before the submit); ``function`` jobs (``gaffer.noop``): submit -> finished
 seen. The next job is submitted once the previous one finished. Celery's single round trip
 (``apply_async`` -> ``get``, solo worker) is measured beside it, in the same repetition.
+
+Both systems run through the whole repetition, and their loads take turns in blocks: the
+machine's speed drifts over seconds to minutes, and measured one after the other the ratio
+of the two p50s moved with it (1.34 to 1.62 in eleven single runs of the same code, each
+side's p50 by up to 20% between runs). Each side's figures are percentiles of all its blocks'
+samples together.
 """
 
 from __future__ import annotations
@@ -26,41 +32,64 @@ from gaffer.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 NAME = "dispatch"
 WARMUP_JOBS = 10
+#: Turns each side takes per repetition (each turn runs dispatch_n / BLOCKS jobs per kind).
+BLOCKS = 4
 
 
 def run(cfg: Config, procs: Procs) -> dict[str, Any]:
     """Figures: dispatch_{running,finished}_p{50,99}_ms, celery_rtt_p{50,99}_ms."""
     runs: dict[str, list[float]] = {}
     cpu: dict[str, Any] = {}
+    per_block = str(max(1, cfg.dispatch_n // BLOCKS))
     for _ in range(cfg.reps):
         server, address = procs.gaffer_server()
         agent = procs.gaffer_agent(address, "bench-dispatch", cfg.function_slots)
-        out = procs.load(
-            "dispatch", address, str(cfg.dispatch_n),
-            *watch_args(gaffer_server=server.pid, agent=agent.pid),
-        )  # fmt: skip
-        procs.stop(agent)
-        procs.stop(server)
-        for key, value in out["figures"].items():
-            runs.setdefault(key, []).append(value)
-        cpu["gaffer"] = out["cpu"]
-
         worker, env = celery_peer.start_worker(procs, "solo")
+        gaffer: dict[str, dict[str, list[float]]] = {}
+        celery: list[float] = []
         try:
-            out = procs.load(
-                "celery_peer", "rtt", str(cfg.dispatch_n), "--watch", f"celery-worker={worker.pid}",
-                env=env,
-            )  # fmt: skip
+            for _ in range(BLOCKS):
+                out = procs.load(
+                    "dispatch", address, per_block,
+                    *watch_args(gaffer_server=server.pid, agent=agent.pid),
+                )  # fmt: skip
+                for kind, phases in out["samples"].items():
+                    for phase, values in phases.items():
+                        gaffer.setdefault(kind, {}).setdefault(phase, []).extend(values)
+                cpu["gaffer"] = out["cpu"]
+                out = procs.load(
+                    "celery_peer", "rtt", per_block, "--watch", f"celery-worker={worker.pid}",
+                    env=env,
+                )  # fmt: skip
+                celery.extend(out["samples_ms"])
+                cpu["celery"] = out["cpu"]
         finally:
             procs.stop(worker)
-        runs.setdefault("celery_rtt_p50_ms", []).append(out["p50_ms"])
-        runs.setdefault("celery_rtt_p99_ms", []).append(out["p99_ms"])
-        cpu["celery"] = out["cpu"]
+            procs.stop(agent)
+            procs.stop(server)
+        figures = _figures(gaffer)
+        figures["celery_rtt_p50_ms"] = percentile(celery, 50)
+        figures["celery_rtt_p99_ms"] = percentile(celery, 99)
+        for key, value in figures.items():
+            runs.setdefault(key, []).append(value)
     return {
         "figures": {k: summary(v) for k, v in runs.items()},
-        "params": {"jobs_per_kind": cfg.dispatch_n},
+        "params": {"jobs_per_kind": cfg.dispatch_n, "blocks": BLOCKS},
         "cpu": cpu,
     }
+
+
+def _figures(samples: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    figures = {
+        "dispatch_running_p50_ms": percentile(samples["exec"]["running"], 50),
+        "dispatch_running_p99_ms": percentile(samples["exec"]["running"], 99),
+        "dispatch_finished_p50_ms": percentile(samples["function"]["finished"], 50),
+        "dispatch_finished_p99_ms": percentile(samples["function"]["finished"], 99),
+    }
+    for kind, phases in samples.items():
+        for phase, values in phases.items():
+            figures[f"dispatch_{kind}_{phase}_p50_ms"] = percentile(values, 50)
+    return figures
 
 
 class _Follower:
@@ -142,16 +171,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
                 for phase, ms in (await _one(stub, follower, kind)).items():
                     per_kind.setdefault(phase, []).append(ms)
         follower.stop()
-    figures = {
-        "dispatch_running_p50_ms": percentile(samples["exec"]["running"], 50),
-        "dispatch_running_p99_ms": percentile(samples["exec"]["running"], 99),
-        "dispatch_finished_p50_ms": percentile(samples["function"]["finished"], 50),
-        "dispatch_finished_p99_ms": percentile(samples["function"]["finished"], 99),
-    }
-    for kind, phases in samples.items():
-        for phase, values in phases.items():
-            figures[f"dispatch_{kind}_{phase}_p50_ms"] = percentile(values, 50)
-    return {"figures": figures, "cpu": cpu.percent()}
+    return {"samples": samples, "cpu": cpu.percent()}
 
 
 def main() -> None:
