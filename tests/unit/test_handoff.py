@@ -30,11 +30,12 @@ def pg_database() -> Iterator[str]:
     yield from temporary_database()
 
 
-def core(store: Store) -> tuple[Agents, Jobs]:
+def core(store: Store, settings: CoreSettings | None = None) -> tuple[Agents, Jobs]:
     notifier: Notifier = store._notifier  # type: ignore[attr-defined]
     blobs = BlobStore(store.blob_dir)
-    agents = Agents(store, notifier, blobs, CoreSettings())
-    return agents, Jobs(store, notifier, blobs, CoreSettings(), hand_off=agents.hand_off)
+    settings = settings or CoreSettings()
+    agents = Agents(store, notifier, blobs, settings)
+    return agents, Jobs(store, notifier, blobs, settings, hand_off=agents.hand_off)
 
 
 def spec() -> job_pb2.JobSpec:
@@ -122,3 +123,36 @@ async def test_a_drain_in_the_same_batch_keeps_the_job_from_the_waiting_claim(
     claim.cancel()
     with pytest.raises(asyncio.CancelledError):
         await claim
+
+
+async def test_a_claim_records_the_agents_sign_of_life_at_most_once_a_second(
+    store: Store,
+) -> None:
+    now = [1000.0]
+    agents, jobs = core(store, CoreSettings(clock=lambda: now[0]))
+    agent = await agents.register("a1", {}, apb.Capacity(slots=4), ["default"])
+
+    async def heard() -> float:
+        stored = await store.get_agent(agent.id)
+        assert stored is not None
+        return stored.last_heartbeat
+
+    async def handed_off_at(t: float) -> None:
+        now[0] = t
+        claim = await waiting_claim(agents, agent.id)
+        await jobs.submit(Caller(), spec(), "", validate_only=False)
+        assert len(await asyncio.wait_for(claim, 10)) == 1
+
+    async def claimed_pending_at(t: float) -> None:
+        now[0] = t
+        await jobs.submit(Caller(), spec(), "", validate_only=False)
+        assert len(await agents.claim(agent.id, 4, 0.0)) == 1
+
+    await handed_off_at(1000.5)
+    assert await heard() == 1000.0  # registered half a second before: left as it was
+    await handed_off_at(1001.0)
+    assert await heard() == 1001.0
+    await claimed_pending_at(1001.9)
+    assert await heard() == 1001.0
+    await claimed_pending_at(1002.0)
+    assert await heard() == 1002.0

@@ -83,6 +83,9 @@ class HeartbeatResult:
 
 
 _MAX_CACHED_NAMES = 10_000
+#: A claim within this many seconds of the agent's last recorded sign of life leaves it as it
+#: is (see _heard_from).
+_HEARD_RECENTLY = 1.0
 
 
 def _agent_not_found(agent_id: str) -> NotFound:
@@ -164,7 +167,14 @@ def _take(
 
 
 async def _heard_from(tx: Transaction, stored_agent: StoredAgent, now: float) -> None:
-    """A claim counts as a heartbeat."""
+    """A claim counts as a heartbeat, written only if the last one is a second old or more.
+
+    Writing the agent's row dirtied two pages (the row's and its name index's) in the commit
+    of every claim: one function job at a time, the submit's commit wrote 11 pages of the WAL
+    instead of 9, about 4.5 us each. A second is nothing to the lease (15 s by default).
+    """
+    if now - stored_agent.last_heartbeat < _HEARD_RECENTLY:
+        return
     stored_agent.last_heartbeat = now
     stored_agent.agent.last_heartbeat_time.CopyFrom(timestamp(now))
     await tx.put_agent(stored_agent)
