@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gaffer.core import Caller, CoreSettings, Jobs, TailSlice
+from gaffer.core import Agents, Caller, CoreSettings, Fence, Jobs, Outcome, TailSlice
 from gaffer.core._event_tail import _GAP, _GROUPS, _ROUND_CAP, MAX_QUIET, EventTail, Follower
 from gaffer.store import BlobStore, Notifier, SqliteStore
+from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import job_pb2
 from gaffer.v1 import job_service_pb2 as jpb
 from tests.helpers import wait_until_async
@@ -356,3 +357,41 @@ async def test_followers_are_woken_a_group_per_turn_of_the_loop(store: SqliteSto
 
 async def _following(jobs: Jobs) -> bool:
     return jobs._tail.followers == 1
+
+
+async def test_an_outcome_is_answered_after_the_followers_its_commit_woke(
+    store: SqliteStore,
+) -> None:
+    """The agent's answer is an acknowledgement; the followers' frames are what clients wait
+    for, so they go first."""
+    settings, blobs = CoreSettings(), BlobStore(store.blob_dir)
+    agents = Agents(store, store._notifier, blobs, settings)
+    jobs = Jobs(store, store._notifier, blobs, settings, hand_off=agents.hand_off)
+    agent = await agents.register("a1", {}, apb.Capacity(slots=1), ["default"])
+    spec = job_pb2.JobSpec(function=job_pb2.FunctionExecutor(name="gaffer.noop"))
+    await jobs.submit(Caller(), spec, "", validate_only=False)
+    [(claimed, _)] = await agents.claim(agent.id, 1, 0.0)
+    before = await store.last_event_seq()
+    caught_up = asyncio.Event()
+    order: list[str] = []
+
+    async def follow() -> None:
+        async for item in jobs.events(
+            Caller(), job_id=None, query=None, after_sequence=0, from_now=True, keepalive=30.0
+        ):
+            if isinstance(item, TailSlice) and item.last > before:
+                order.append("follower")
+                return
+            caught_up.set()  # the position it starts from: it follows the tail from here
+
+    follower = asyncio.ensure_future(follow())
+    await asyncio.wait_for(caught_up.wait(), 10)
+    fence = Fence(claimed.job.id, claimed.job.attempt, claimed.lease_token)
+    [result] = await agents.complete_many(
+        [Outcome(fence, job_pb2.JOB_STATE_COMPLETED, None, "returned", False)]
+    )
+    order.append("agent")
+    assert not isinstance(result, Exception) and result[0]
+    await asyncio.wait_for(follower, 10)
+    assert order == ["follower", "agent"]
+    await jobs.close()

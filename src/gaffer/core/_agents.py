@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -683,6 +684,11 @@ class Agents:
                     except DomainError as error:  # raised before this outcome wrote anything
                         results[i] = error
             todo = later
+        # The followers this commit woke send first, then the agent hears back: its answer
+        # is only an acknowledgement, their frames are what clients wait for. Resuming first,
+        # the call built and sent its answer before them (one function job at a time, traced:
+        # 50-100 us between the commit and the frame with the finished events).
+        await asyncio.sleep(0)
         return [r for r in results if r is not None]
 
     def _check_outcome(self, outcome: Outcome) -> None:
