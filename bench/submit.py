@@ -7,7 +7,7 @@ stubs, one channel, back to back.
 The floor's unary call is measured again just before each point, at the same concurrency,
 and the ratios to the floor are taken from these pairs: measured minutes apart, in the floor's
 own section, the ratio at 64 in flight moved with the machine (0.51 to 0.69 in three full
-runs of the same code, the floor's own repetitions 7,355 to 10,637 calls/s in one of them).
+runs with the same submit path, the floor's own repetitions 7,355 to 10,637 calls/s in one).
 """
 
 from __future__ import annotations
