@@ -271,7 +271,7 @@ class EventTail:
         of it passes without a wake-up); runs while any follow. Not paced: with nothing new
         a follower sends nothing (or a keepalive), and the first events after a quiet spell
         go out at once. During a long round it wakes those already back, and it ends the
-        round once _ROUND_CAP has passed (a timer per round would cost every round)."""
+        round once _ROUND_CAP has passed (no timer of its own for the cap)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         round_ = self._round
