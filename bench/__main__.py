@@ -114,6 +114,8 @@ TABLE: list[tuple[str, list[tuple[str, str, str, Check | None]]]] = [
             ("fanout_1000_server_rss_mb", "MB", "<= 300", lambda v: v <= 300),
             ("fanout_event_delay_p50_ms", "ms", "", None),
             ("fanout_event_delay_p99_ms", "ms", "<= 100", lambda v: v <= 100),
+            ("fanout_running_event_delay_p99_ms", "ms", "", None),
+            ("fanout_other_event_delay_p99_ms", "ms", "", None),
             ("fanout_event_msgs_per_s", "msgs/s", "", None),
             ("fanout_jobs_seconds", "s", "", None),
             ("fanout_server_cpu_us_per_frame", "us", "", None),

@@ -15,6 +15,10 @@ the last job's end: how long the jobs took while the server also fed the followe
 ``fanout_server_cpu_us_per_frame`` is all of the server's CPU time over the frames it sent
 (the jobs' own work included), to set beside the floor's ``floor_fanout_cpu_us_per_frame``;
 ``fanout_events_per_frame`` and ``fanout_frame_kb`` say what one frame carried on average.
+``fanout_running_event_delay_p99_ms`` and ``fanout_other_event_delay_p99_ms`` split the
+delay: a no-op call ends before it reports RUNNING, so its RUNNING event carries the time the
+agent started it, and its delay includes the outcome's trip to the server and its commit;
+every other event is stamped by the server as it records it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import array
 import asyncio
 import gc
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -35,7 +40,7 @@ from bench._load import CpuWindow, add_watch, channel, watch_args, watched
 from bench._procs import BenchError, Procs, RssSampler, emit
 from bench._stats import percentile, summary
 from gaffer.client._base import frame_events
-from gaffer.v1 import job_service_pb2, job_service_pb2_grpc
+from gaffer.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 NAME = "fanout"
 FOLLOWER_PROCESSES = 2
@@ -89,6 +94,9 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
         runs.setdefault(f"fanout_{followers}_server_rss_mb", []).append(rss.peak_mb)
         runs.setdefault("fanout_event_delay_p50_ms", []).append(delays["p50"])
         runs.setdefault("fanout_event_delay_p99_ms", []).append(delays["p99"])
+        for kind in ("running", "other"):
+            part = _merge([r[f"{kind}_delay_ms"] for r in results])
+            runs.setdefault(f"fanout_{kind}_event_delay_p99_ms", []).append(part["p99"])
         runs.setdefault("fanout_jobs_seconds", []).append(max(r["jobs_seconds"] for r in results))
         seconds = max(r["seconds"] for r in results)
         frames = sum(r["frames_received"] for r in results)
@@ -112,7 +120,8 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
                 "server_rss_with_followers_mb": rss_before,
                 "submit_per_s": submit["submit_per_s"],
                 "followers": [
-                    {k: v for k, v in r.items() if k not in ("delay_ms", "cpu")} for r in results
+                    {k: v for k, v in r.items() if not k.endswith("delay_ms") and k != "cpu"}
+                    for r in results
                 ],
             }
         )
@@ -215,16 +224,20 @@ async def _follow(stream_events: Any, stream: _Stream, progress: _Progress, coun
         call.cancel()
 
 
-def _decode(stream: _Stream, delays: array.array) -> tuple[array.array, float, float]:
-    """The stream's sequences, with each event's delay appended to ``delays``, and the
-    server times (s) of its first event and of its last job's finished event."""
+def _decode(
+    stream: _Stream, running: array.array, other: array.array
+) -> tuple[array.array, float, float]:
+    """The stream's sequences, with each event's delay appended to ``running`` (RUNNING
+    events) or ``other``, and the server times (s) of its first event and of its last job's
+    finished event."""
     seqs = array.array("q")
     first = last_finished = 0.0
     for arrival, raw in stream.frames:
         for event in frame_events(job_service_pb2.StreamJobEventsResponse.FromString(raw)):
             seqs.append(event.sequence)
             at = event.time.seconds + event.time.nanos / 1e9
-            delays.append((arrival - at) * 1000)
+            is_running = event.state == job_pb2.JOB_STATE_RUNNING and event.type == 2
+            (running if is_running else other).append((arrival - at) * 1000)
             first = first or at
             if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
                 last_finished = at
@@ -280,12 +293,12 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for ch in channels:
             await ch.close()
-    delays = array.array("d")
-    decoded = [_decode(s, delays) for s in streams]
+    running = array.array("d")
+    other = array.array("d")
+    decoded = [_decode(s, running, other) for s in streams]
     complete = sum(1 for seqs, _, _ in decoded if seqs == truth)
     # Late is not lost: a stream cut short by the timeout got a gapless, repeat-free prefix.
     exact_prefix = sum(1 for seqs, _, _ in decoded if seqs == truth[: len(seqs)])
-    ordered = list(delays)
     return {
         "streams": len(streams),
         "complete_streams": complete,
@@ -297,13 +310,19 @@ async def _followers(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_received": sum(len(raw) for s in streams for _, raw in s.frames),
         "seconds": seconds,
         "jobs_seconds": max((end - start for _, start, end in decoded if start), default=0.0),
-        "delay_ms": {
-            "count": len(ordered),
-            "p50": percentile(ordered, 50),
-            "p99": percentile(ordered, 99),
-            "max": max(ordered, default=float("nan")),
-        },
+        "delay_ms": _delay_summary([*running, *other]),
+        "running_delay_ms": _delay_summary(running),
+        "other_delay_ms": _delay_summary(other),
         "cpu": shares,
+    }
+
+
+def _delay_summary(delays: Sequence[float]) -> dict[str, float]:
+    return {
+        "count": len(delays),
+        "p50": percentile(delays, 50),
+        "p99": percentile(delays, 99),
+        "max": max(delays, default=float("nan")),
     }
 
 
