@@ -19,7 +19,7 @@ from gaffer.agent._session import Session
 from gaffer.v1 import agent_service_pb2 as apb
 from gaffer.v1 import agent_service_pb2_grpc, job_pb2
 from tests.e2e.conftest import Api, HandAgent, duration
-from tests.helpers import METRICS, ServerProc, scrape, wait_until_async
+from tests.helpers import METRICS, AgentProc, ServerProc, scrape, wait_until_async
 
 S = job_pb2.JobState
 OK = grpc.StatusCode.OK.value[0]
@@ -204,3 +204,25 @@ async def test_the_agents_request_past_its_deadline_is_cancelled_on_the_server(
 
 async def _equals(value: Awaitable[float], wanted: float) -> bool:
     return await value == wanted
+
+
+async def test_an_agent_opens_its_session_when_it_registers_before_any_job(
+    tmp_path: Path,
+) -> None:
+    """Opening the stream is a new call, which a busy server accepts late: opened with the
+    first outcome, it held that outcome back (see Session.open)."""
+    server = ServerProc.launch(tmp_path / "data", "--metrics-listen", "127.0.0.1:0")
+    metrics_at = server.wait_for_line(METRICS).group(1)
+    session_calls = 'gaffer_rpcs_total{method="/gaffer.v1.AgentService/Session"}'
+    agent = AgentProc.launch(server.address, "early")
+    try:
+
+        async def opened() -> bool:
+            return (await scrape(metrics_at)).get(session_calls, 0) == 1
+
+        await wait_until_async(opened, what="the agent's session to open")
+        submits = 'gaffer_rpcs_total{method="/gaffer.v1.JobService/SubmitJob"}'
+        assert (await scrape(metrics_at)).get(submits, 0) == 0  # no job to report on yet
+    finally:
+        agent.stop()
+        server.stop()

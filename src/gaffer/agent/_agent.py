@@ -182,6 +182,7 @@ class _Agent:
         if response.HasField("lease_ttl"):
             self._lease_ttl = response.lease_ttl.ToTimedelta().total_seconds() or self._lease_ttl
         self._generation += 1
+        self._session.open()  # before the first job: see Session.open
         logger.info("registered %s as %s", self._config.name, self._agent_id)
 
     async def _reregister(self, generation: int) -> None:
