@@ -185,7 +185,7 @@ class _Progress:
 
     def count(self, raw: bytes) -> None:
         for event in frame_events(job_service_pb2.StreamJobEventsResponse.FromString(raw)):
-            if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+            if event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED and event.state in FINISHED:
                 self.finished += 1
                 if self.finished >= self.jobs:
                     self.target = event.sequence
@@ -236,10 +236,11 @@ def _decode(
         for event in frame_events(job_service_pb2.StreamJobEventsResponse.FromString(raw)):
             seqs.append(event.sequence)
             at = event.time.seconds + event.time.nanos / 1e9
-            is_running = event.state == job_pb2.JOB_STATE_RUNNING and event.type == 2
+            changed = event.type == job_pb2.JOB_EVENT_TYPE_STATE_CHANGED
+            is_running = changed and event.state == job_pb2.JOB_STATE_RUNNING
             (running if is_running else other).append((arrival - at) * 1000)
             first = first or at
-            if event.state in FINISHED and event.type == 2:  # STATE_CHANGED
+            if changed and event.state in FINISHED:
                 last_finished = at
     return seqs, first, last_finished
 
