@@ -18,6 +18,7 @@ import pytest
 from gaffer.agent._retry import call_with_retry
 from gaffer.agent._session import Session
 from gaffer.v1 import agent_service_pb2 as pb
+from tests.helpers import wait_until_async
 
 REPORT = pb.UpdateJobStatusRequest(job_id="j", attempt=1, lease_token="t")
 
@@ -74,13 +75,31 @@ class _Stub:
     def __init__(self, *calls: Any) -> None:
         self._calls = iter(calls)
         self.unary_calls = 0
+        self.sessions = 0
 
     def Session(self) -> Any:
+        self.sessions += 1
         return next(self._calls)
 
     async def UpdateJobStatus(self, request: Any, timeout: float) -> pb.UpdateJobStatusResponse:
         self.unary_calls += 1
         return pb.UpdateJobStatusResponse()
+
+
+class _RefusedCall:
+    """A Session call of a server without Session: it ends UNIMPLEMENTED before any write."""
+
+    async def write(self, request: pb.SessionRequest) -> None:
+        raise asyncio.InvalidStateError("the call has ended")
+
+    def __aiter__(self) -> _RefusedCall:
+        return self
+
+    async def __anext__(self) -> pb.SessionResponse:
+        raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found")
+
+    def cancel(self) -> bool:
+        return True
 
 
 def _dead() -> _FailingCall:
@@ -117,3 +136,21 @@ async def test_a_server_without_session_still_gets_the_unary_call() -> None:
         assert session.unary and stub.unary_calls == 1
     finally:
         await session.close()
+
+
+async def test_a_session_opened_early_on_a_server_without_session_turns_to_unary_calls() -> None:
+    """The agent opens its session as it registers: when that stream is refused, the first
+    report goes as a unary call, not on another stream bound to be refused."""
+    stub = _Stub(_RefusedCall())
+    session = Session(stub)  # type: ignore[arg-type]
+    try:
+        session.open()
+        await wait_until_async(lambda: _is_unary(session), what="the refusal to be read")
+        await session.update_status(REPORT, 5.0)
+        assert (stub.unary_calls, stub.sessions) == (1, 1)
+    finally:
+        await session.close()
+
+
+async def _is_unary(session: Session) -> bool:
+    return session.unary

@@ -163,6 +163,8 @@ class Session:
             error = Refused(grpc.StatusCode.UNAVAILABLE, "the server ended the session")
         except grpc.RpcError as ended:
             error = _unanswered(ended)
+            if code_of(ended) == grpc.StatusCode.UNIMPLEMENTED:
+                self.unary = True  # opened before any request (see open): no Session there
         finally:
             if self._stream is stream:
                 self._stream = None
