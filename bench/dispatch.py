@@ -56,7 +56,7 @@ def run(cfg: Config, procs: Procs) -> dict[str, Any]:
                 for kind, phases in out["samples"].items():
                     for phase, values in phases.items():
                         gaffer.setdefault(kind, {}).setdefault(phase, []).extend(values)
-                cpu["gaffer"] = out["cpu"]
+                cpu["gaffer"] = out["cpu"]  # the last block's shares (as for Celery's)
                 out = procs.load(
                     "celery_peer", "rtt", per_block, "--watch", f"celery-worker={worker.pid}",
                     env=env,
