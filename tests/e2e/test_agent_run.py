@@ -24,6 +24,7 @@ from google.protobuf import duration_pb2
 
 from gaffer.agent import AgentConfig, run_agent
 from gaffer.agent._attempt import Attempt
+from gaffer.agent._session import Session
 from gaffer.server import RunningServer, ServerConfig, start_server
 from gaffer.v1 import (
     agent_service_pb2,
@@ -378,6 +379,69 @@ async def test_a_refused_running_report_ends_the_run_at_once(
     await asyncio.wait_for(attempt.run(), timeout=20)
     assert time.monotonic() - started < 10
     assert attempt.stopping
+
+
+class _HeldStatusReports:
+    """The agent's stub, sending no UpdateJobStatus until ``release`` is set; notes how the
+    server answered each one it then sent."""
+
+    def __init__(self, stub: agent_service_pb2_grpc.AgentServiceStub) -> None:
+        self._stub = stub
+        self.release = asyncio.Event()
+        self.answers: list[grpc.StatusCode] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    async def UpdateJobStatus(self, request: Any, **kwargs: Any) -> Any:
+        await self.release.wait()
+        try:
+            response = await self._stub.UpdateJobStatus(request, **kwargs)
+        except grpc.aio.AioRpcError as error:
+            self.answers.append(error.code())
+            raise
+        self.answers.append(grpc.StatusCode.OK)
+        return response
+
+
+async def test_an_exec_outcome_goes_without_waiting_for_the_running_report(
+    server: ServerProc, api: Api, tmp_path: Path
+) -> None:
+    """A process that ends at once sends its outcome without waiting for the answer to the
+    RUNNING report sent as it started. Here that report reaches the server only after the
+    job is finished (as a retried or overtaken one could): the outcome, which carries the
+    times of VALIDATING and RUNNING, made the history whole, and the report's refusal then
+    ends nothing."""
+    job = await api.submit(exec_spec("true"))
+    register = apb.RegisterAgentRequest(name="quick", capacity=apb.Capacity(slots=1))
+    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
+    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
+    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
+    stub = _HeldStatusReports(api.agents)
+    session = Session(stub)  # type: ignore[arg-type]
+    session.unary = True  # each report a call of its own, UpdateJobStatus held above
+    config = AgentConfig(server=server.address, name="quick")
+    attempt = Attempt(stub, config, assignment, tmp_path, session=session)  # type: ignore[arg-type]
+    run = asyncio.create_task(attempt.run())
+    try:
+        await wait_until_async(
+            lambda: api.state_is(job.id, S.JOB_STATE_COMPLETED), timeout=10, what="COMPLETED"
+        )
+    finally:
+        stub.release.set()
+    await asyncio.wait_for(run, timeout=10)
+    assert stub.answers == [grpc.StatusCode.FAILED_PRECONDITION]
+    assert not attempt.stopping
+    finished = await api.get(job.id)
+    assert [s for s, _ in history(finished)] == [
+        S.JOB_STATE_PENDING,
+        S.JOB_STATE_CLAIMED,
+        S.JOB_STATE_VALIDATING,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_COMPLETED,
+    ]
+    times = [status.time.ToNanoseconds() for status in finished.history]
+    assert times == sorted(times)
 
 
 @pytest.mark.parametrize("field", ["outputs", "inputs"])
