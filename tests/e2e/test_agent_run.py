@@ -262,6 +262,21 @@ def history(job: job_pb2.Job) -> list[tuple[int, int]]:
     return [(status.state, status.attempt) for status in job.history]
 
 
+def whole_run_times(job: job_pb2.Job) -> list[int]:
+    """The times (ns) of the history of a job that ran once and completed, which must hold
+    every state in order."""
+    assert [s for s, _ in history(job)] == [
+        S.JOB_STATE_PENDING,
+        S.JOB_STATE_CLAIMED,
+        S.JOB_STATE_VALIDATING,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_COMPLETED,
+    ]
+    times = [status.time.ToNanoseconds() for status in job.history]
+    assert times == sorted(times)
+    return times
+
+
 async def test_full_run_reports_states_logs_artifacts_and_removes_its_work_dir(
     server: ServerProc, api: Api, launch_agent: Any, tmp_path: Path
 ) -> None:
@@ -347,16 +362,7 @@ async def test_short_and_long_runs_keep_the_whole_history(
         await wait_until_async(
             lambda: api.state_is(job.id, S.JOB_STATE_RUNNING), timeout=10, what="RUNNING"
         )
-    job = await api.wait(job.id)
-    assert [s for s, _ in history(job)] == [
-        S.JOB_STATE_PENDING,
-        S.JOB_STATE_CLAIMED,
-        S.JOB_STATE_VALIDATING,
-        S.JOB_STATE_RUNNING,
-        S.JOB_STATE_COMPLETED,
-    ]
-    times = [status.time.ToNanoseconds() for status in job.history]
-    assert times == sorted(times)
+    times = whole_run_times(await api.wait(job.id))
     ran = (times[4] - times[3]) / 1e9
     assert seconds <= ran < seconds + 5
 
@@ -432,16 +438,7 @@ async def test_an_exec_outcome_goes_without_waiting_for_the_running_report(
     await asyncio.wait_for(run, timeout=10)
     assert stub.answers == [grpc.StatusCode.FAILED_PRECONDITION]
     assert not attempt.stopping
-    finished = await api.get(job.id)
-    assert [s for s, _ in history(finished)] == [
-        S.JOB_STATE_PENDING,
-        S.JOB_STATE_CLAIMED,
-        S.JOB_STATE_VALIDATING,
-        S.JOB_STATE_RUNNING,
-        S.JOB_STATE_COMPLETED,
-    ]
-    times = [status.time.ToNanoseconds() for status in finished.history]
-    assert times == sorted(times)
+    whole_run_times(await api.get(job.id))
 
 
 @pytest.mark.parametrize("field", ["outputs", "inputs"])
