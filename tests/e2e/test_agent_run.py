@@ -394,12 +394,14 @@ class _HeldStatusReports:
     def __init__(self, stub: agent_service_pb2_grpc.AgentServiceStub) -> None:
         self._stub = stub
         self.release = asyncio.Event()
+        self.holding = asyncio.Event()  # a report is being held
         self.answers: list[grpc.StatusCode] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stub, name)
 
     async def UpdateJobStatus(self, request: Any, **kwargs: Any) -> Any:
+        self.holding.set()
         await self.release.wait()
         try:
             response = await self._stub.UpdateJobStatus(request, **kwargs)
@@ -408,6 +410,25 @@ class _HeldStatusReports:
             raise
         self.answers.append(grpc.StatusCode.OK)
         return response
+
+
+async def _claim_as_new_agent(api: Api) -> apb.JobAssignment:
+    register = apb.RegisterAgentRequest(name="held", capacity=apb.Capacity(slots=1))
+    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
+    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
+    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
+    return assignment
+
+
+def _attempt_with_held_reports(
+    api: Api, server: ServerProc, assignment: apb.JobAssignment, work_root: Path
+) -> tuple[_HeldStatusReports, Attempt]:
+    """An attempt whose status reports are unary calls, held until ``release`` is set."""
+    stub = _HeldStatusReports(api.agents)
+    session = Session(stub)  # type: ignore[arg-type]
+    session.unary = True
+    config = AgentConfig(server=server.address, name="held")
+    return stub, Attempt(stub, config, assignment, work_root, session=session)  # type: ignore[arg-type]
 
 
 async def test_an_exec_outcome_goes_without_waiting_for_the_running_report(
@@ -419,15 +440,8 @@ async def test_an_exec_outcome_goes_without_waiting_for_the_running_report(
     times of VALIDATING and RUNNING, made the history whole, and the report's refusal then
     ends nothing."""
     job = await api.submit(exec_spec("true"))
-    register = apb.RegisterAgentRequest(name="quick", capacity=apb.Capacity(slots=1))
-    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
-    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
-    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
-    stub = _HeldStatusReports(api.agents)
-    session = Session(stub)  # type: ignore[arg-type]
-    session.unary = True  # each report a call of its own, UpdateJobStatus held above
-    config = AgentConfig(server=server.address, name="quick")
-    attempt = Attempt(stub, config, assignment, tmp_path, session=session)  # type: ignore[arg-type]
+    assignment = await _claim_as_new_agent(api)
+    stub, attempt = _attempt_with_held_reports(api, server, assignment, tmp_path)
     run = asyncio.create_task(attempt.run())
     try:
         await wait_until_async(
@@ -439,6 +453,25 @@ async def test_an_exec_outcome_goes_without_waiting_for_the_running_report(
     assert stub.answers == [grpc.StatusCode.FAILED_PRECONDITION]
     assert not attempt.stopping
     whole_run_times(await api.get(job.id))
+
+
+async def test_a_cancelled_attempt_does_not_wait_for_its_running_report(
+    server: ServerProc, api: Api, tmp_path: Path
+) -> None:
+    """The agent's stop cancels its attempts. One whose RUNNING report cannot get through (the
+    server unreachable, say: the report retries) ends at once, its process killed, instead of
+    holding the stop until the report is answered."""
+    job = await api.submit(exec_spec("sh", "-c", "echo $$; exec sleep 60"))
+    assignment = await _claim_as_new_agent(api)
+    stub, attempt = _attempt_with_held_reports(api, server, assignment, tmp_path)
+    run = asyncio.create_task(attempt.run())
+    await asyncio.wait_for(stub.holding.wait(), timeout=10)  # the RUNNING report
+    pgid = int(await api.first_line(job.id))
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, timeout=5)
+    assert not await asyncio.to_thread(group_members, pgid)
+    assert stub.answers == []  # never sent
 
 
 @pytest.mark.parametrize("field", ["outputs", "inputs"])

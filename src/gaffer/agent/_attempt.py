@@ -235,13 +235,16 @@ class Attempt:
                 await self._settle_running_reports(reports)  # UPLOADING comes after RUNNING
                 await self._upload(spec)
             state, message = outcome(result, timeout)
-            # Not after the RUNNING report's answer: that report was sent first, on the same
-            # session, and is recorded first; the outcome also carries the times of RUNNING
-            # and VALIDATING, should it come first (unary calls, a retried report). Waiting
-            # held the slot for 6.4 of the 26 ms (p50, traced) an exec job of `true` held it;
-            # without the wait, 500 such jobs on 2 agents ran at 678-767 jobs/s against
-            # 623-681 (4 alternating pairs, higher in each).
+            # Not after the RUNNING report's answer: that report was sent first, and the
+            # outcome also carries the times of VALIDATING and RUNNING, should it be recorded
+            # first (the later report is then refused, and ignored). Waiting held the slot for
+            # 6.4 of the 26 ms (p50, traced) an exec job of `true` held it; without the wait,
+            # 500 such jobs on 2 agents ran at 678-767 jobs/s against 623-681 (4 alternating
+            # pairs, higher in each).
             await self._complete(state, message, result.exit_code)
+        except asyncio.CancelledError:
+            await _call_off(reports)
+            raise
         finally:
             await self._settle_running_reports(reports)
 
@@ -282,6 +285,10 @@ class Attempt:
         timeout = spec.timeout.ToTimedelta().total_seconds() if spec.HasField("timeout") else 0
         try:
             result = await self._call(fn, spec.function.args_json, timeout or None)
+        except asyncio.CancelledError:
+            timer.cancel()
+            await _call_off(reports)
+            raise
         finally:
             timer.cancel()
             await self._settle_running_reports(reports)
@@ -593,6 +600,15 @@ class Attempt:
 
     def _ids(self) -> tuple[str, int]:
         return self.key.job_id, self.key.attempt
+
+
+async def _call_off(reports: list[asyncio.Task[None]]) -> None:
+    """Cancels the RUNNING reports of an attempt being cancelled (the agent is stopping): a
+    report that retries while the server is unreachable would otherwise hold the stop."""
+    for report in reports:
+        report.cancel()
+    await asyncio.gather(*reports, return_exceptions=True)
+    reports.clear()
 
 
 def _wake(future: asyncio.Future[None]) -> None:
