@@ -367,16 +367,22 @@ async def test_short_and_long_runs_keep_the_whole_history(
     assert seconds <= ran < seconds + 5
 
 
+async def _claim_as_new_agent(api: Api, name: str) -> apb.JobAssignment:
+    """The one job queued, claimed by an agent registered here (no agent process)."""
+    register = apb.RegisterAgentRequest(name=name, capacity=apb.Capacity(slots=1))
+    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
+    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
+    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
+    return assignment
+
+
 async def test_a_refused_running_report_ends_the_run_at_once(
     server: ServerProc, api: Api, tmp_path: Path
 ) -> None:
     """An attempt that is not current (here, a wrong lease token) has its RUNNING report,
     sent once the process is up, refused: the process is killed then, not left to run."""
     await api.submit(exec_spec("sleep", "60"))
-    register = apb.RegisterAgentRequest(name="stale", capacity=apb.Capacity(slots=1))
-    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
-    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
-    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
+    assignment = await _claim_as_new_agent(api, "stale")
     assignment.lease_token = "not-the-token"
     attempt = Attempt(
         api.agents, AgentConfig(server=server.address, name="stale"), assignment, tmp_path
@@ -412,14 +418,6 @@ class _HeldStatusReports:
         return response
 
 
-async def _claim_as_new_agent(api: Api) -> apb.JobAssignment:
-    register = apb.RegisterAgentRequest(name="held", capacity=apb.Capacity(slots=1))
-    agent_id = (await api.agents.RegisterAgent(register, timeout=CALL_TIMEOUT)).agent_id
-    claim = apb.ClaimJobRequest(agent_id=agent_id, max_jobs=1)
-    (assignment,) = (await api.agents.ClaimJob(claim, timeout=CALL_TIMEOUT)).assignments
-    return assignment
-
-
 def _attempt_with_held_reports(
     api: Api, server: ServerProc, assignment: apb.JobAssignment, work_root: Path
 ) -> tuple[_HeldStatusReports, Attempt]:
@@ -440,7 +438,7 @@ async def test_an_exec_outcome_goes_without_waiting_for_the_running_report(
     times of VALIDATING and RUNNING, made the history whole, and the report's refusal then
     ends nothing."""
     job = await api.submit(exec_spec("true"))
-    assignment = await _claim_as_new_agent(api)
+    assignment = await _claim_as_new_agent(api, "held")
     stub, attempt = _attempt_with_held_reports(api, server, assignment, tmp_path)
     run = asyncio.create_task(attempt.run())
     try:
@@ -462,7 +460,7 @@ async def test_a_cancelled_attempt_does_not_wait_for_its_running_report(
     server unreachable, say: the report retries) ends at once, its process killed, instead of
     holding the stop until the report is answered."""
     job = await api.submit(exec_spec("sh", "-c", "echo $$; exec sleep 60"))
-    assignment = await _claim_as_new_agent(api)
+    assignment = await _claim_as_new_agent(api, "held")
     stub, attempt = _attempt_with_held_reports(api, server, assignment, tmp_path)
     run = asyncio.create_task(attempt.run())
     await asyncio.wait_for(stub.holding.wait(), timeout=10)  # the RUNNING report

@@ -243,7 +243,7 @@ class Attempt:
             # pairs, higher in each).
             await self._complete(state, message, result.exit_code)
         except asyncio.CancelledError:
-            await _call_off(reports)
+            await self._settle_running_reports(reports, call_off=True)
             raise
         finally:
             await self._settle_running_reports(reports)
@@ -287,7 +287,7 @@ class Attempt:
             result = await self._call(fn, spec.function.args_json, timeout or None)
         except asyncio.CancelledError:
             timer.cancel()
-            await _call_off(reports)
+            await self._settle_running_reports(reports, call_off=True)
             raise
         finally:
             timer.cancel()
@@ -325,15 +325,18 @@ class Attempt:
             self._stop(FENCED, 0.0)  # the run is no longer ours: end it now, not at its end
             raise
 
-    async def _settle_running_reports(self, reports: list[asyncio.Task[None]]) -> None:
+    async def _settle_running_reports(
+        self, reports: list[asyncio.Task[None]], *, call_off: bool = False
+    ) -> None:
         """Calls off RUNNING reports not yet begun (the next report carries them); waits for
-        one under way. Settled once: the list is emptied."""
+        one under way. Settled once: the list is emptied. ``call_off`` (the attempt is being
+        cancelled, the agent stopping) cancels those under way too: a report retrying while
+        the server is unreachable would otherwise hold the stop."""
         while reports:
             report = reports.pop()
-            if not self._running_reported:
+            if call_off or not self._running_reported:
                 report.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await report
+                await asyncio.gather(report, return_exceptions=True)
                 continue
             await report  # its failure (a fenced attempt, say) is the attempt's failure
 
@@ -600,15 +603,6 @@ class Attempt:
 
     def _ids(self) -> tuple[str, int]:
         return self.key.job_id, self.key.attempt
-
-
-async def _call_off(reports: list[asyncio.Task[None]]) -> None:
-    """Cancels the RUNNING reports of an attempt being cancelled (the agent is stopping): a
-    report that retries while the server is unreachable would otherwise hold the stop."""
-    for report in reports:
-        report.cancel()
-    await asyncio.gather(*reports, return_exceptions=True)
-    reports.clear()
 
 
 def _wake(future: asyncio.Future[None]) -> None:
